@@ -1,0 +1,38 @@
+# Thin wrapper over CMake. `make` builds the tool and libraries, `make test`
+# runs the suite, `make bench` builds the benchmarks, `make demo` runs the demo.
+BUILD ?= build
+JOBS ?= $(shell nproc)
+SHELL := /bin/bash
+CMAKE_FLAGS ?=
+
+.PHONY: all deps configure test test-asan bench demo install clean format
+
+all: configure
+	cmake --build $(BUILD) -j $(JOBS)
+
+deps:
+	@./scripts/install-deps.sh
+
+configure: deps
+	@test -f $(BUILD)/CMakeCache.txt || cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+test: all
+	@cd $(BUILD) && { ctest --output-on-failure -j $(JOBS) > ctest.log 2>&1; st=$$?; \
+	  grep -v -E '^(Total Test time|[0-9]+% tests passed)' ctest.log; \
+	  grep -E '^Total Test time' ctest.log; grep -E '^[0-9]+% tests passed' ctest.log; exit $$st; }
+
+test-asan:
+	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DAP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo"
+
+bench: configure
+	cmake --build $(BUILD) -j $(JOBS) --target bench
+
+demo: all
+	@echo "alignprop demo: the shipped demo model does not exist yet; running the engine self-check instead."
+	$(BUILD)/alignprop demo
+
+install: all
+	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX),)
+
+clean:
+	rm -rf build build-asan

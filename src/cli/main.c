@@ -1,0 +1,32 @@
+/* alignprop: the command-line tool. */
+#include "alignprop.h"
+
+#include <stdio.h>
+#include <string.h>
+
+static int usage(FILE *f) {
+    fprintf(f,
+            "usage: alignprop <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  version     print the version\n"
+            "  demo        run the engine self-check (the demo model is not shipped yet)\n"
+            "\n"
+            "environment: AP_NUM_THREADS (threads), AP_PRECISION (f32|bf16)\n");
+    return f == stderr ? 2 : 0;
+}
+
+int ap_cli_demo(int argc, char **argv);
+
+int main(int argc, char **argv) {
+    if (argc < 2) return usage(stderr);
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) return usage(stdout);
+    if (!strcmp(cmd, "version") || !strcmp(cmd, "--version")) {
+        printf("alignprop %s\n", ap_version_string());
+        return 0;
+    }
+    if (!strcmp(cmd, "demo")) return ap_cli_demo(argc - 1, argv + 1);
+    fprintf(stderr, "alignprop: unknown command '%s'\n", cmd);
+    return usage(stderr);
+}
