@@ -3,8 +3,16 @@
 #include "nn.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+void ap_name_fmt(char *out, size_t n, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, n, fmt, ap);
+    va_end(ap);
+}
 
 void ap_params_init(ap_params *ps, ap_ctx *c, ap_dtype weight_dtype) {
     memset(ps, 0, sizeof *ps);

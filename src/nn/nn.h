@@ -116,7 +116,8 @@ ap_tensor *ap_attn_fwd(ap_ctx *c, const ap_attn_layer *a, ap_tensor *x, ap_tenso
 
 /* snprintf into a char array, for parameter names (which fit: the return value
  * is used only to tell the compiler truncation was considered). */
-#define AP_FMT(buf, ...) ((void)(snprintf((buf), sizeof(buf), __VA_ARGS__) >= (int)sizeof(buf)))
+void ap_name_fmt(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+#define AP_FMT(buf, ...) ap_name_fmt((buf), sizeof(buf), __VA_ARGS__)
 
 /* Releases *t and sets it to NULL. */
 static inline void ap_drop(ap_tensor **t) {
