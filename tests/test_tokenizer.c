@@ -105,7 +105,7 @@ static void test_truncation(ap_ctx *c) {
     CHECK(ap_tokenize_seq(c, bundled, t75, NULL, ids, &n) == AP_OK && n == 75 && ids[76] == AP_TOK_EOT &&
           ids[75] == 2368);
     /* a short context */
-    ap_tok_opts o = {0, 4, 0};
+    ap_tok_opts o = {0u, 4, 0};
     CHECK(ap_tokenize_seq(c, bundled, "a photo of a cat", &o, ids, &n) == AP_OK && n == 5);
     CHECK(ids[0] == AP_TOK_SOT && ids[1] == 320 && ids[2] == 1125 && ids[3] == AP_TOK_EOT);
     o.context = 2;
@@ -129,7 +129,8 @@ static int unhex(const char *h, size_t n, char *out) {
 }
 
 typedef struct {
-    int seq, unescape, pad;
+    int seq, pad;
+    unsigned flags;
     char *text;
     int text_len;
     int32_t *ids;
@@ -149,8 +150,8 @@ static int read_fixtures(fixture **out) {
         char kind[8], hex[16384];
         int pos = 0;
         x.seq = !strncmp(line, "seq", 3);
-        int got = x.seq ? sscanf(line, "%7s %d %d %16383s : %n", kind, &x.unescape, &x.pad, hex, &pos)
-                        : sscanf(line, "%7s %d %16383s : %n", kind, &x.unescape, hex, &pos);
+        int got = x.seq ? sscanf(line, "%7s %u %d %16383s : %n", kind, &x.flags, &x.pad, hex, &pos)
+                        : sscanf(line, "%7s %u %16383s : %n", kind, &x.flags, hex, &pos);
         if (got != (x.seq ? 4 : 3) || pos == 0) {
             CHECK_MSG(0, "bad fixture line: %.60s", line);
             continue;
@@ -189,17 +190,17 @@ static int run_fixtures(ap_ctx *c, ap_tokenizer *t, const fixture *f, int n, con
         int ok;
         int64_t m = 0;
         if (x->seq) {
-            ap_tok_opts o = {x->unescape, AP_TOK_CONTEXT, x->pad};
+            ap_tok_opts o = {x->flags, AP_TOK_CONTEXT, x->pad};
             ok = ap_tokenize_seq(c, t, x->text, &o, got, NULL) == AP_OK && x->n_ids == AP_TOK_CONTEXT &&
                  seq_equals(got, x->ids, AP_TOK_CONTEXT);
             m = AP_TOK_CONTEXT;
         } else {
-            m = ap_tokenize(c, t, x->text, (size_t)x->text_len, x->unescape, got, 4096);
+            m = ap_tokenize(c, t, x->text, (size_t)x->text_len, x->flags, got, 4096);
             ok = m == x->n_ids && seq_equals(got, x->ids, x->n_ids);
         }
         if (!ok) {
             if (bad < 8) {
-                fprintf(stderr, "%s: case %d (unescape %d) \"%.80s\" differs\n", label, i, x->unescape, x->text);
+                fprintf(stderr, "%s: case %d (flags %u) \"%.80s\" differs\n", label, i, x->flags, x->text);
                 print_ids("want", x->ids, x->n_ids);
                 print_ids("got ", got, m < 0 ? 0 : m);
             }
@@ -497,7 +498,7 @@ static void test_errors(ap_ctx *c) {
     int32_t seq[AP_TOK_CONTEXT];
     expect_error(c, ap_tokenize_seq(c, bundled, NULL, NULL, seq, NULL), AP_ERR_INVALID_ARG, "text", "NULL text");
     expect_error(c, ap_tokenize_seq(c, NULL, "a", NULL, seq, NULL), AP_ERR_INVALID_ARG, "tokenizer", "NULL tokenizer");
-    ap_tok_opts o = {0, 1, 0};
+    ap_tok_opts o = {0u, 1, 0};
     expect_error(c, ap_tokenize_seq(c, bundled, "a", &o, seq, NULL), AP_ERR_INVALID_ARG, "context", "context 1");
     CHECK(ap_tokenize(c, bundled, "abc", 3, 0, NULL, 5) == -1);
     expect_error(c, ap_last_status(c), AP_ERR_INVALID_ARG, "ids", "NULL ids");
@@ -565,15 +566,15 @@ static void test_random(ap_ctx *c) {
             text[i] = (char)(v % 3 == 0 ? 'a' + (v >> 8) % 26 : (v >> 16) & 0xff);
         }
         text[n] = 0;
-        int unescape = it & 1;
+        unsigned flags = (unsigned)it & 3u;
         int32_t ids[512], ids2[512];
-        int64_t total = ap_tokenize(c, bundled, text, (size_t)n, unescape, ids, 512);
-        int64_t count = ap_tokenize(c, bundled, text, (size_t)n, unescape, NULL, 0);
-        int64_t again = ap_tokenize(c, fresh, text, (size_t)n, unescape, ids2, 512);
-        int ok = total >= 0 && total <= 4 * n && count == total && again == total && seq_equals(ids, ids2, (int)total);
+        int64_t total = ap_tokenize(c, bundled, text, (size_t)n, flags, ids, 512);
+        int64_t count = ap_tokenize(c, bundled, text, (size_t)n, flags, NULL, 0);
+        int64_t again = ap_tokenize(c, fresh, text, (size_t)n, flags, ids2, 512);
+        int ok = total >= 0 && total <= 12 * n && count == total && again == total && seq_equals(ids, ids2, (int)total);
         for (int64_t i = 0; ok && i < total; i++) ok = ids[i] >= 0 && ids[i] < 49408;
         /* the fixed-length sequence of the NUL-terminated prefix */
-        ap_tok_opts o = {unescape, AP_TOK_CONTEXT, it & 2 ? 0 : AP_TOK_EOT};
+        ap_tok_opts o = {flags, AP_TOK_CONTEXT, it & 4 ? 0 : AP_TOK_EOT};
         int32_t seq[AP_TOK_CONTEXT];
         int64_t nt = -1;
         ok &= ap_tokenize_seq(c, bundled, text, &o, seq, &nt) == AP_OK;

@@ -21,13 +21,13 @@
 
 /* The 48,894 merges CLIP uses: 49152 - 256 - 2 (the vocabulary is 49408). */
 #define TOK_N_MERGES 48894
-#define TOK_MAX_TEXT ((size_t)256 << 20)
+#define TOK_MAX_TEXT ((size_t)16 << 20)
 #define TOK_MAX_FILE ((size_t)256 << 20)
 #define TOK_CACHE_SLOTS 4096 /* power of two; cleared when half full */
 #define TOK_CACHE_WORD 64    /* longest word (bytes) that is cached */
 
 const ap_tok_opts ap_tok_opts_sd1 = {0, AP_TOK_CONTEXT, AP_TOK_EOT};
-const ap_tok_opts ap_tok_opts_openclip = {1, AP_TOK_CONTEXT, 0};
+const ap_tok_opts ap_tok_opts_openclip = {AP_TOK_HTML_UNESCAPE, AP_TOK_CONTEXT, 0};
 
 /* ------------------------------------------------------------ the bundled merges
  * The build passes the asset's path as AP_CLIP_BPE_GZ; .incbin puts its bytes in
@@ -863,6 +863,108 @@ static size_t utf8_decode(const uint8_t *s, size_t n, uint32_t *out) {
     return o;
 }
 
+/* ------------------------------------------------------------ NFC */
+enum { H_SBASE = 0xAC00, H_LBASE = 0x1100, H_VBASE = 0x1161, H_TBASE = 0x11A7 };
+enum { H_LCOUNT = 19, H_VCOUNT = 21, H_TCOUNT = 28, H_NCOUNT = 21 * 28, H_SCOUNT = 19 * 21 * 28 };
+
+static int ccc(uint32_t cp) {
+    if (cp < 0x300) return 0;
+    size_t lo = 0, hi = sizeof tok_nfc_ccc / sizeof tok_nfc_ccc[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < tok_nfc_ccc[mid][0]) hi = mid;
+        else if (cp > tok_nfc_ccc[mid][1]) lo = mid + 1;
+        else return (int)tok_nfc_ccc[mid][2];
+    }
+    return 0;
+}
+
+/* Full canonical decomposition of cp appended at out; returns the count (<= 4). */
+static size_t decompose(uint32_t cp, uint32_t *out) {
+    if (cp >= H_SBASE && cp < H_SBASE + H_SCOUNT) {
+        uint32_t s = cp - H_SBASE, t = s % H_TCOUNT;
+        out[0] = H_LBASE + s / H_NCOUNT;
+        out[1] = H_VBASE + (s % H_NCOUNT) / H_TCOUNT;
+        if (!t) return 2;
+        out[2] = H_TBASE + t;
+        return 3;
+    }
+    size_t lo = 0, hi = sizeof tok_nfc_decomp / sizeof tok_nfc_decomp[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < tok_nfc_decomp[mid][0]) hi = mid;
+        else if (cp > tok_nfc_decomp[mid][0]) lo = mid + 1;
+        else {
+            size_t n = decompose(tok_nfc_decomp[mid][1], out);
+            if (tok_nfc_decomp[mid][2]) n += decompose(tok_nfc_decomp[mid][2], out + n);
+            return n;
+        }
+    }
+    out[0] = cp;
+    return 1;
+}
+
+/* The primary composite of a + b, or 0. */
+static uint32_t compose(uint32_t a, uint32_t b) {
+    if (a >= H_LBASE && a < H_LBASE + H_LCOUNT && b >= H_VBASE && b < H_VBASE + H_VCOUNT)
+        return H_SBASE + ((a - H_LBASE) * H_VCOUNT + (b - H_VBASE)) * H_TCOUNT;
+    if (a >= H_SBASE && a < H_SBASE + H_SCOUNT && (a - H_SBASE) % H_TCOUNT == 0 && b > H_TBASE &&
+        b < H_TBASE + H_TCOUNT)
+        return a + (b - H_TBASE);
+    size_t lo = 0, hi = sizeof tok_nfc_comp / sizeof tok_nfc_comp[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (a < tok_nfc_comp[mid][0] || (a == tok_nfc_comp[mid][0] && b < tok_nfc_comp[mid][1])) hi = mid;
+        else if (a > tok_nfc_comp[mid][0] || b > tok_nfc_comp[mid][1]) lo = mid + 1;
+        else return tok_nfc_comp[mid][2];
+    }
+    return 0;
+}
+
+/* True when NFC could change s (a character with a combining class, one that
+ * composes with what precedes it, or one NFC replaces). */
+static bool nfc_needed(const uint32_t *s, size_t n) {
+    for (size_t i = 0; i < n; i++)
+        if (s[i] >= 0x300 && IN_TABLE(tok_nfc_quick, s[i])) return true;
+    return false;
+}
+
+/* NFC of s (n code points) into out (room for 4n): canonical decomposition,
+ * canonical ordering of combining marks, then canonical composition (the
+ * algorithm of UAX #15). Returns the count. */
+static size_t nfc(const uint32_t *s, size_t n, uint32_t *out) {
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) m += decompose(s[i], out + m);
+    /* stable insertion sort of each run of non-starters by class */
+    for (size_t i = 1; i < m; i++) {
+        int k = ccc(out[i]);
+        if (!k) continue;
+        uint32_t c = out[i];
+        size_t j = i;
+        while (j > 0 && ccc(out[j - 1]) > k) {
+            out[j] = out[j - 1];
+            j--;
+        }
+        out[j] = c;
+    }
+    if (m == 0) return 0;
+    size_t starter = 0, o = 1;
+    int last = ccc(out[0]) ? 256 : 0; /* a leading mark blocks composition */
+    for (size_t i = 1; i < m; i++) {
+        uint32_t c = out[i];
+        int k = ccc(c);
+        uint32_t comp = compose(out[starter], c);
+        if (comp && (last < k || last == 0)) {
+            out[starter] = comp;
+            continue;
+        }
+        if (k == 0) starter = o;
+        last = k;
+        out[o++] = c;
+    }
+    return o;
+}
+
 /* ------------------------------------------------------------ html.unescape */
 static int ent_find(const char *name) {
     size_t lo = 0, hi = sizeof tok_ent / sizeof tok_ent[0];
@@ -1187,7 +1289,7 @@ static size_t match_contraction(const uint32_t *s, size_t n) {
     }
 }
 
-static int64_t tok_encode(ap_ctx *c, ap_tokenizer *t, const char *text, size_t len, int unescape, int32_t *ids,
+static int64_t tok_encode(ap_ctx *c, ap_tokenizer *t, const char *text, size_t len, unsigned flags, int32_t *ids,
                           int64_t cap, int64_t stop) {
     if (c && ap_failed(c)) return -1;
     if (!t) return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenize: tokenizer is NULL"), -1;
@@ -1198,16 +1300,26 @@ static int64_t tok_encode(ap_ctx *c, ap_tokenizer *t, const char *text, size_t l
                          TOK_MAX_TEXT >> 20), -1;
     id_out o = {ids, cap, 0, stop};
     if (len == 0) return 0;
-    uint32_t *a = malloc(sizeof *a * (len + 1)), *b = malloc(sizeof *b * (2 * len + 1));
-    uint8_t *word = malloc(4 * len + 1);
+    /* code points: a holds the text, b the next step's output; NFC may grow
+     * the text (up to 3x), lowercasing may double it */
+    uint32_t *a = malloc(sizeof *a * (len + 1)), *b = NULL;
+    uint8_t *word = NULL;
+    size_t n = a ? utf8_decode((const uint8_t *)text, len, a) : 0;
+    if (a && !(flags & AP_TOK_NO_NFC) && nfc_needed(a, n)) {
+        uint32_t *d = malloc(sizeof *d * (4 * n + 1));
+        if (d) n = nfc(a, n, d);
+        free(a);
+        a = d;
+    }
+    if (a) b = malloc(sizeof *b * (2 * n + 1));
+    if (b) word = malloc(4 * (2 * n) + 1);
     if (!a || !b || !word) {
         free(a);
         free(b);
         free(word);
         return ap_seterr(c, AP_ERR_NOMEM, "tokenize: out of memory for %zu bytes of text", len), -1;
     }
-    size_t n = utf8_decode((const uint8_t *)text, len, a);
-    if (unescape) {
+    if (flags & AP_TOK_HTML_UNESCAPE) {
         n = html_unescape(a, n, b);
         n = html_unescape(b, n, a);
     }
@@ -1245,9 +1357,9 @@ static int64_t tok_encode(ap_ctx *c, ap_tokenizer *t, const char *text, size_t l
     return o.total;
 }
 
-int64_t ap_tokenize(ap_ctx *c, ap_tokenizer *t, const char *text, size_t len, int html_unescape, int32_t *ids,
+int64_t ap_tokenize(ap_ctx *c, ap_tokenizer *t, const char *text, size_t len, unsigned flags, int32_t *ids,
                     int64_t cap) {
-    return tok_encode(c, t, text, len, html_unescape, ids, cap, -1);
+    return tok_encode(c, t, text, len, flags, ids, cap, -1);
 }
 
 ap_status ap_tokenize_seq(ap_ctx *c, ap_tokenizer *t, const char *text, const ap_tok_opts *o, int32_t *ids,
@@ -1258,7 +1370,7 @@ ap_status ap_tokenize_seq(ap_ctx *c, ap_tokenizer *t, const char *text, const ap
     if (!t) return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenize: tokenizer is NULL");
     if (o->context < 2) return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenize: context %d is below 2", o->context);
     int64_t room = o->context - 2;
-    int64_t n = tok_encode(c, t, text, strlen(text), o->html_unescape, ids + 1, room, n_text ? -1 : room);
+    int64_t n = tok_encode(c, t, text, strlen(text), o->flags, ids + 1, room, n_text ? -1 : room);
     if (n < 0) return c ? c->status : AP_ERR_NOMEM;
     int64_t k = n < room ? n : room;
     ids[0] = t->sot;

@@ -2,13 +2,13 @@
  * HF's CLIPTokenizer do it, for the text towers of SD1.x, of the CLIP reward
  * models and of OpenCLIP.
  *
- * Text -> ids in five steps: UTF-8 decode (invalid bytes become U+FFFD, as
- * Python's errors="replace"), optional html.unescape twice, whitespace runs to
- * one space and strip, Unicode lowercase (Python's str.lower), then the split
- * pattern
+ * Text -> ids in six steps: UTF-8 decode (invalid bytes become U+FFFD, as
+ * Python's errors="replace"), NFC, optional html.unescape twice, whitespace
+ * runs to one space and strip, Unicode lowercase (Python's str.lower), then the
+ * split pattern
  *   <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+
  * and BPE of each piece's UTF-8 bytes with "</w>" on the last symbol.
- * Not done: ftfy's fixes and NFC normalisation (see docs/tokenizer.md).
+ * Not done: ftfy's other repairs (see docs/tokenizer.md).
  *
  * A tokenizer caches the BPE of recent words, so one must not be used by two
  * threads at once.
@@ -27,17 +27,21 @@
 
 typedef struct ap_tokenizer ap_tokenizer;
 
+/* Text cleaning flags. */
+#define AP_TOK_HTML_UNESCAPE 1u /* html.unescape twice: OpenAI CLIP and OpenCLIP do, HF CLIPTokenizer not */
+#define AP_TOK_NO_NFC 2u        /* skip NFC (which ftfy and HF's normalisers apply) */
+
 /* How a prompt becomes a fixed-length sequence. */
 typedef struct {
-    int html_unescape; /* html.unescape twice first: OpenAI CLIP and OpenCLIP do, HF CLIPTokenizer not */
-    int context;       /* sequence length, >= 2 */
-    int pad_id;        /* id after the end token */
+    unsigned flags; /* AP_TOK_* */
+    int context;    /* sequence length, >= 2 */
+    int pad_id;     /* id after the end token */
 } ap_tok_opts;
 
-/* SD1.x (HF CLIPTokenizer, as diffusers and the LDM code use it): no unescape,
- * 77, padded with <|endoftext|>. */
+/* SD1.x (HF CLIPTokenizer, as diffusers and the LDM code use it): NFC, no
+ * unescape, 77, padded with <|endoftext|>. */
 extern const ap_tok_opts ap_tok_opts_sd1;
-/* OpenAI clip.tokenize and OpenCLIP (HPSv2): unescape, 77, padded with 0. */
+/* OpenAI clip.tokenize and OpenCLIP (HPSv2): NFC, unescape, 77, padded with 0. */
 extern const ap_tok_opts ap_tok_opts_openclip;
 
 /* The merges bundled in the library (OpenAI's bpe_simple_vocab_16e6.txt.gz). */
@@ -65,9 +69,9 @@ int ap_tokenizer_id(const ap_tokenizer *t, const char *token);
 /* BPE ids of len bytes of text (any bytes), without start and end tokens.
  * Writes the first min(total, cap) ids to ids (which may be NULL when cap is 0)
  * and returns the total, as snprintf does; -1 on error (out of memory, or a
- * text over 256 MiB), with the reason in c. c may be NULL. */
-int64_t ap_tokenize(ap_ctx *c, ap_tokenizer *t, const char *text, size_t len, int html_unescape,
-                    int32_t *ids, int64_t cap);
+ * text over 16 MiB), with the reason in c. c may be NULL. flags: AP_TOK_*. */
+int64_t ap_tokenize(ap_ctx *c, ap_tokenizer *t, const char *text, size_t len, unsigned flags, int32_t *ids,
+                    int64_t cap);
 
 /* The sequence a CLIP text tower takes for a NUL-terminated prompt: start,
  * the first context-2 ids, end, then pad_id up to context. ids holds

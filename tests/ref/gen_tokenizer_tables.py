@@ -125,6 +125,42 @@ def sigma_props():
     return ranges(lambda cp: cp in ign), ranges(lambda cp: cp in cased)
 
 
+def nfc_tables():
+    """Canonical combining classes, canonical decompositions, primary
+    composites (a canonical pair decomposition that NFC recomposes, i.e. not
+    excluded), and the characters after which a string may not be NFC as it
+    stands (non-zero class, second element of a composition, or changed by NFC
+    alone). Hangul is algorithmic in C and left out of the tables."""
+    ccc, dec, comp, quick = [], [], [], set()
+    for cp, ch in chars():
+        k = unicodedata.combining(ch)
+        if k:
+            ccc.append((cp, k))
+            quick.add(cp)
+        if 0xAC00 <= cp <= 0xD7A3:
+            continue
+        d = unicodedata.decomposition(ch)
+        if d and not d.startswith("<"):
+            parts = [int(x, 16) for x in d.split()]
+            assert len(parts) in (1, 2)
+            dec.append((cp, parts[0], parts[1] if len(parts) == 2 else 0))
+            if len(parts) == 2 and unicodedata.normalize("NFC", chr(parts[0]) + chr(parts[1])) == ch:
+                comp.append((parts[0], parts[1], cp))
+                quick.add(parts[1])
+        if unicodedata.normalize("NFC", ch) != ch:
+            quick.add(cp)
+    quick |= set(range(0x1161, 0x1176)) | set(range(0x11A8, 0x11C3))  # Hangul V and T jamo
+    runs = []
+    for cp, k in ccc:
+        if runs and runs[-1][1] == cp - 1 and runs[-1][2] == k:
+            runs[-1] = (runs[-1][0], cp, k)
+        else:
+            runs.append((cp, cp, k))
+    comp.sort()
+    assert min(cp for cp in quick) >= 0x300
+    return runs, dec, comp, ranges(lambda cp: cp in quick)
+
+
 def entities():
     ents = sorted(html.entities.html5.items(), key=lambda kv: kv[0].encode())
     for name, val in ents:
@@ -234,6 +270,21 @@ def main():
     print("    " + line)
     print("};")
     assert pos < 65536
+    print()
+    runs, dec, comp, quick = nfc_tables()
+    print(f"/* NFC: canonical combining classes (lo, hi, class), sorted ({len(runs)}) */")
+    print("static const uint32_t tok_nfc_ccc[][3] = {")
+    emit_items([f"{{0x{a:x},0x{b:x},{k}}}," for a, b, k in runs])
+    print("};")
+    print(f"/* NFC: canonical decompositions (cp, first, second or 0), sorted by cp ({len(dec)}) */")
+    print("static const uint32_t tok_nfc_decomp[][3] = {")
+    emit_items([f"{{0x{a:x},0x{b:x},0x{c:x}}}," for a, b, c in dec])
+    print("};")
+    print(f"/* NFC: primary composites (first, second, composite), sorted by (first, second) ({len(comp)}) */")
+    print("static const uint32_t tok_nfc_comp[][3] = {")
+    emit_items([f"{{0x{a:x},0x{b:x},0x{c:x}}}," for a, b, c in comp])
+    print("};")
+    emit_ranges("tok_nfc_quick", quick, "NFC: characters that may make a string not NFC as it stands")
     print()
     # numeric references: html.unescape's replacements (the HTML5 rules: C1
     # controls read as windows-1252, NUL and CR special) and the code points it
