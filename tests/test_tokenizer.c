@@ -342,7 +342,8 @@ static void test_load_files(ap_ctx *c, const fixture *fx, int nfx) {
         CHECK(t && ap_tokenizer_vocab_size(t) == 49408 && ap_tokenizer_eot(t) == AP_TOK_EOT);
         CHECK(t && run_fixtures(c, t, fx, nfx, ascii ? "hf, escaped" : "hf") == 0);
         int bad = 0;
-        for (int id = 0; t && id < 49408; id++) bad += strcmp(ap_tokenizer_token(t, id), ap_tokenizer_token(bundled, id)) != 0;
+        for (int id = 0; t && id < 49408; id++)
+            bad += strcmp(ap_tokenizer_token(t, id), ap_tokenizer_token(bundled, id)) != 0;
         CHECK_MSG(bad == 0, "%d token strings differ from the bundled vocabulary", bad);
         ap_tokenizer_free(t);
         t = NULL;

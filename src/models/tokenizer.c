@@ -694,7 +694,8 @@ static void strip_ws(const char **s, size_t *n) {
 
 ap_status ap_tokenizer_load_hf(ap_ctx *c, const char *vocab_json, const char *merges_txt, ap_tokenizer **out) {
     if (!out || !vocab_json || !merges_txt)
-        return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenizer: %s is NULL", !out ? "out" : !vocab_json ? "vocab_json" : "merges_txt");
+        return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenizer: %s is NULL",
+                         !out ? "out" : !vocab_json ? "vocab_json" : "merges_txt");
     *out = NULL;
     ap_tokenizer *t = tok_alloc();
     if (!t) return ap_seterr(c, AP_ERR_NOMEM, "tokenizer: out of memory");
@@ -1015,7 +1016,8 @@ static size_t html_unescape(const uint32_t *in, size_t n, uint32_t *out) {
             size_t d0 = k;
             uint32_t num = 0;
             for (; k < n; k++) {
-                int v = hex ? (in[k] < 0x80 ? hexval((char)in[k]) : -1) : (in[k] >= '0' && in[k] <= '9' ? (int)(in[k] - '0') : -1);
+                int v = in[k] >= 0x80 ? -1 : hex ? hexval((char)in[k]) : (int)in[k] - '0';
+                if (!hex && v > 9) v = -1;
                 if (v < 0) break;
                 num = num > 0x10FFFF ? 0x110000 : num * (hex ? 16 : 10) + (uint32_t)v;
             }
@@ -1294,7 +1296,8 @@ static int64_t tok_encode(ap_ctx *c, ap_tokenizer *t, const char *text, size_t l
     if (c && ap_failed(c)) return -1;
     if (!t) return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenize: tokenizer is NULL"), -1;
     if (!text && len) return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenize: text is NULL"), -1;
-    if (cap < 0 || (cap > 0 && !ids)) return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenize: ids is NULL with cap %lld", (long long)cap), -1;
+    if (cap < 0 || (cap > 0 && !ids))
+        return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenize: ids is NULL with cap %lld", (long long)cap), -1;
     if (len > TOK_MAX_TEXT)
         return ap_seterr(c, AP_ERR_INVALID_ARG, "tokenize: text of %zu bytes is over the limit of %zu MiB", len,
                          TOK_MAX_TEXT >> 20), -1;
