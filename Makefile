@@ -36,3 +36,9 @@ install: all
 
 clean:
 	rm -rf build build-asan
+
+# Regenerates the PyTorch reference fixtures under tests/ref/ (needs Debian's
+# python3-torch; CI uses the committed .bin files and never runs this).
+.PHONY: fixtures
+fixtures:
+	@for f in tests/ref/gen_*.py; do echo "fixtures: $$f"; /usr/bin/python3 $$f || exit 1; done

@@ -11,12 +11,14 @@ static int usage(FILE *f) {
             "commands:\n"
             "  version     print the version\n"
             "  demo        run the engine self-check (the demo model is not shipped yet)\n"
+            "  tokenize    print the CLIP token ids of a prompt\n"
             "\n"
             "environment: AP_NUM_THREADS (threads), AP_PRECISION (f32|bf16)\n");
     return f == stderr ? 2 : 0;
 }
 
 int ap_cli_demo(int argc, char **argv);
+int ap_cli_tokenize(int argc, char **argv);
 
 int main(int argc, char **argv) {
     if (argc < 2) return usage(stderr);
@@ -27,6 +29,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "demo")) return ap_cli_demo(argc - 1, argv + 1);
+    if (!strcmp(cmd, "tokenize")) return ap_cli_tokenize(argc - 1, argv + 1);
     fprintf(stderr, "alignprop: unknown command '%s'\n", cmd);
     return usage(stderr);
 }
