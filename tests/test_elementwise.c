@@ -3,6 +3,7 @@
  * Forward against naive double references on odd shapes, gradients through
  * gradcheck and against analytic double references, accumulation (a second
  * backward adds), determinism across runs and thread counts, error cases. */
+#include "backend/cpu/cpu_kernels.h"
 #include "gradcheck.h"
 #include "test.h"
 
@@ -565,6 +566,72 @@ static void test_layout(ap_ctx *c) {
     ap_tensor_release(x3);
 }
 
+
+/* ------------------------------------------------------------ ISA paths */
+/* The AVX-512 and the x86-64-v3 copies of every kernel give the same bits
+ * (forward and gradients), so results do not depend on the CPU's vector width. */
+static ap_tensor *run_all(ap_ctx *c, ap_tensor *x, ap_tensor *b, ap_tensor *gx, ap_tensor *seed, ap_tensor **grads) {
+    ap_tensor *outs[9] = {ap_silu(c, x), ap_gelu(c, x), ap_quick_gelu(c, x), ap_clamp(c, x, -0.5f, 0.5f),
+                          ap_mul(c, x, b), ap_add(c, x, b), ap_geglu(c, gx), ap_upsample_nearest2x(c, x), NULL};
+    /* one scalar from all outputs, so one backward reaches every op */
+    ap_tensor *acc = NULL;
+    for (int i = 0; i < 8; i++) {
+        ap_tensor *m = ap_mul(c, outs[i], ap_tensor_ndim(outs[i]) == 4 && ap_tensor_dim(outs[i], 1) == ap_tensor_dim(x, 1)
+                                              ? seed
+                                              : outs[i]);
+        ap_tensor *s = ap_sum(c, m);
+        ap_tensor *na = acc ? ap_add(c, acc, s) : ap_tensor_retain(s);
+        ap_tensor_release(acc);
+        ap_tensor_release(m);
+        ap_tensor_release(s);
+        acc = na;
+    }
+    ap_tensor *flat = NULL;
+    for (int i = 0; i < 8; i++) {
+        ap_tensor *v = ap_reshape(c, outs[i], 1, (int64_t[]){-1});
+        ap_tensor *nf = flat ? ap_concat_channels(c, flat, v) : ap_tensor_retain(v);
+        ap_tensor_release(flat);
+        ap_tensor_release(v);
+        flat = nf;
+    }
+    CHECK(ap_backward(c, acc, NULL) == AP_OK);
+    grads[0] = ap_copy(c, ap_tensor_grad(x));
+    grads[1] = ap_copy(c, ap_tensor_grad(b));
+    grads[2] = ap_copy(c, ap_tensor_grad(gx));
+    ap_tensor_zero_grad(x);
+    ap_tensor_zero_grad(b);
+    ap_tensor_zero_grad(gx);
+    ap_tensor *y = ap_detach(c, flat);
+    for (int i = 0; i < 8; i++) ap_tensor_release(outs[i]);
+    ap_tensor_release(acc);
+    ap_tensor_release(flat);
+    return y;
+}
+
+static void test_isa_paths(ap_ctx *c) {
+    test_rng r = {10};
+    ap_tensor *x = test_rand_leaf(c, &r, 4, (int64_t[]){2, 9, 11, 67}, -6, 6);
+    ap_tensor *b = test_rand_leaf(c, &r, 4, (int64_t[]){2, 1, 1, 67}, -2, 2);
+    ap_tensor *gx = test_rand_leaf(c, &r, 3, (int64_t[]){3, 7, 94}, -6, 6);
+    ap_tensor *seed = test_rand(c, &r, 4, (int64_t[]){2, 9, 11, 67}, -1, 1);
+    ap_tensor *g[2][3], *y[2];
+    for (int base = 0; base < 2; base++) {
+        ap_cpu_force_baseline(base);
+        y[base] = run_all(c, x, b, gx, seed, g[base]);
+    }
+    ap_cpu_force_baseline(false);
+    CHECK_MSG(same_bits(y[0], y[1]), "activations, broadcast ops, geglu, upsample: AVX-512 and AVX2 forward bits equal");
+    for (int i = 0; i < 3; i++) CHECK_MSG(same_bits(g[0][i], g[1][i]), "AVX-512 and AVX2 gradients equal (input %d)", i);
+    for (int k = 0; k < 2; k++) {
+        ap_tensor_release(y[k]);
+        for (int i = 0; i < 3; i++) ap_tensor_release(g[k][i]);
+    }
+    ap_tensor_release(x);
+    ap_tensor_release(b);
+    ap_tensor_release(gx);
+    ap_tensor_release(seed);
+}
+
 int main(void) {
     ap_ctx *c = test_ctx();
     test_binary(c);
@@ -576,6 +643,7 @@ int main(void) {
     test_geglu(c);
     test_reductions(c);
     test_layout(c);
+    test_isa_paths(c);
     CHECK(ap_tape_size(c) == 0);
     CHECK_MSG(ap_mem_in_use(c) == 0, "all tensors released (%zu bytes live)", ap_mem_in_use(c));
     ap_ctx_free(c);

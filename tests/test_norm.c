@@ -3,6 +3,7 @@
  * requires one) through gradcheck and against an analytic double reference,
  * bf16/f16 affine parameters, determinism across runs and thread counts,
  * what the forward keeps for backward, and error cases. */
+#include "backend/cpu/cpu_kernels.h"
 #include "gradcheck.h"
 #include "test.h"
 
@@ -249,7 +250,8 @@ static void test_lowp_params(ap_ctx *c) {
     ap_tensor_release(b);
 }
 
-/* Same bits across runs and with 1 or 2 threads, forward and all gradients. */
+/* Same bits across runs, with 1 or 2 threads, and with the AVX-512 or the
+ * baseline kernels: forward and all gradients. */
 static void test_determinism(ap_ctx *c) {
     test_rng r = {22};
     int threads = ap_get_num_threads(c);
@@ -259,9 +261,10 @@ static void test_determinism(ap_ctx *c) {
         ap_tensor *in[3] = {test_rand_leaf(c, &r, 4, sh, -1, 2), test_rand_leaf(c, &r, 1, (int64_t[]){96}, 0.5f, 1.5f),
                             test_rand_leaf(c, &r, 1, (int64_t[]){96}, -1, 1)};
         ap_tensor *seed = test_rand(c, &r, 4, sh, -1, 1);
-        ap_tensor *res[3][4];
-        for (int run = 0; run < 3; run++) {
+        ap_tensor *res[4][4];
+        for (int run = 0; run < 4; run++) {
             ap_set_num_threads(c, run == 2 ? 1 : 2);
+            ap_cpu_force_baseline(run == 3);
             for (int i = 0; i < 3; i++) ap_tensor_zero_grad(in[i]);
             ap_tensor *y = norm_f(c, &u, 3, in);
             res[run][0] = ap_copy(c, y);
@@ -269,11 +272,14 @@ static void test_determinism(ap_ctx *c) {
             for (int i = 0; i < 3; i++) res[run][i + 1] = ap_copy(c, ap_tensor_grad(in[i]));
             ap_tensor_release(y);
         }
+        ap_cpu_force_baseline(false);
         for (int k = 0; k < 4; k++) {
             CHECK_MSG(same_bits(res[0][k], res[1][k]), "%s output %d identical across runs", layer ? "layer_norm" : "group_norm", k);
             CHECK_MSG(same_bits(res[0][k], res[2][k]), "%s output %d identical with 1 and 2 threads",
                       layer ? "layer_norm" : "group_norm", k);
-            for (int run = 0; run < 3; run++) ap_tensor_release(res[run][k]);
+            CHECK_MSG(same_bits(res[0][k], res[3][k]), "%s output %d identical with AVX-512 and AVX2 kernels",
+                      layer ? "layer_norm" : "group_norm", k);
+            for (int run = 0; run < 4; run++) ap_tensor_release(res[run][k]);
         }
         for (int i = 0; i < 3; i++) ap_tensor_release(in[i]);
         ap_tensor_release(seed);

@@ -16,10 +16,14 @@
 #include <stdint.h>
 
 /* AVX-512 copies of hot loops are compiled with this attribute and chosen at
- * run time when ap_cpu_has_avx512() (the baseline build is x86-64-v3). */
+ * run time when ap_cpu_has_avx512() (the baseline build is x86-64-v3).
+ * AP_CPU_ISA=avx2 in the environment, or ap_cpu_force_baseline(true) (for
+ * tests), selects the baseline copies; both give the same bits, since no
+ * kernel's summation order depends on the vector width. */
 #define AP_CPU_AVX512 \
     __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")))
 bool ap_cpu_has_avx512(void);
+void ap_cpu_force_baseline(bool on);
 
 /* ------------------------------------------------------------ unary activations */
 typedef enum {

@@ -31,15 +31,20 @@
 #define AI static inline __attribute__((always_inline))
 #define AVX512 AP_CPU_AVX512
 
+static int g_avx512 = -1; /* -1: not yet detected */
+
 bool ap_cpu_has_avx512(void) {
-    static int v = -1; /* written once, by the calling thread, before any parallel region */
-    if (v < 0) {
+    if (g_avx512 < 0) { /* first call comes from the calling thread, before any parallel region */
         __builtin_cpu_init();
-        v = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+        const char *isa = getenv("AP_CPU_ISA");
+        g_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                   __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+                   !(isa && !strcmp(isa, "avx2"));
     }
-    return v != 0;
+    return g_avx512 != 0;
 }
+
+void ap_cpu_force_baseline(bool on) { g_avx512 = on ? 0 : -1; }
 
 static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -47,19 +52,23 @@ static inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
  * exp: Cody-Waite reduction x = n ln2 + r, |r| <= ln2/2, and a degree-6
  * polynomial for e^r (the Cephes expf coefficients, ~1 ulp). n is rounded
  * with the 1.5*2^23 trick and 2^n is built from the bits, so the loop needs
- * no libm call and no float->int conversion. The polynomial runs on x clamped
- * to [-87, 88] (2^n stays a normal float); outside it the result is 0 or
- * +inf, so that x / (1 + exp(-x)) and x * exp(-x*x) go to 0 without
- * overflowing into NaN. NaN stays NaN. Values below ~1e-37 are lost, which
- * no use here can see. */
-AI float vexp(float x) {
-    float xc = x < -87.0f ? -87.0f : x;
-    xc = xc > 88.0f ? 88.0f : xc;
+ * no libm call and no float->int conversion. */
+
+/* e^(a + b), where a may be large and b is small (|b| < ~4): the reduction
+ * is done on a alone (n ln2 is subtracted exactly) and b is added to the
+ * reduced argument, so a sum a + b that is not representable loses nothing.
+ * The polynomial runs on a + b clamped to [-87, 88] (2^n stays a normal
+ * float); outside it the result is 0 or +inf, so that x / (1 + exp(-x)) and
+ * x * exp(-x*x) go to 0 without overflowing into NaN. NaN stays NaN. Values
+ * below ~1e-37 are lost, which no use here can see. */
+AI float vexp2(float a, float b) {
+    float s = a + b;
+    float sc = s < -87.0f ? -87.0f : s;
+    sc = sc > 88.0f ? 88.0f : sc;
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
-    float t = xc * 1.44269504088896341f + magic;
+    float t = sc * 1.44269504088896341f + magic;
     float n = t - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    float r = (a - n * 0.693359375f) - n * -2.12194440e-4f + b;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
@@ -70,33 +79,53 @@ AI float vexp(float x) {
     uint32_t bits;
     memcpy(&bits, &t, 4);
     bits = (bits - 0x4B400000u + 127u) << 23; /* n + 127 in [1, 254] (unsigned: NaN wraps harmlessly) */
-    float s;
-    memcpy(&s, &bits, 4);
-    e *= s;
-    e = x < -87.0f ? 0.0f : e;
-    return x > 88.0f ? INFINITY : e;
+    float sf;
+    memcpy(&sf, &bits, 4);
+    e *= sf;
+    e = s < -87.0f ? 0.0f : e;
+    return s > 88.0f ? INFINITY : e;
+}
+
+AI float vexp(float x) { return vexp2(x, 0.0f); }
+
+/* e^x for |x| < 2 (no range handling). */
+AI float vexp_small(float x) {
+    const float magic = 12582912.0f;
+    float t = x * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float e = p * (r * r) + r + 1.0f;
+    uint32_t bits;
+    memcpy(&bits, &t, 4);
+    bits = (bits - 0x4B400000u + 127u) << 23;
+    float sf;
+    memcpy(&sf, &bits, 4);
+    return e * sf;
 }
 
 AI float vsigmoid(float x) { return 1.0f / (1.0f + vexp(-x)); }
 
-/* exp(-x^2/2), with x^2 split exactly into h + l (l by FMA): rounding x^2
- * first would cost ~|x^2| ulps of relative accuracy in the tails. */
-AI float vgauss(float x) {
-    float h = x * x, l = fmaf(x, x, -h);
-    l = h < 256.0f ? l : 0.0f; /* beyond, the result is 0 (and l may be inf) */
-    return vexp(-0.5f * h) * (1.0f - 0.5f * l);
-}
+/* The standard normal CDF Phi(x) = erfc(-x/sqrt2)/2 must stay accurate in
+ * relative terms in both tails (gelu(x) = x Phi(x) for x << 0). erfc(z) =
+ * t exp(-z^2 + P(t)), t = 1/(1 + z/2), with the Chebyshev fit P of Numerical
+ * Recipes' erfcc (fractional error < 1.2e-7 for all z >= 0). z^2 = x^2/2 is
+ * split exactly into h/2 + l/2 (l by FMA) and handed to vexp2 as the large
+ * and the small part, so the rounding of x^2 costs nothing in the tails. */
+typedef struct {
+    float t, p, h, l; /* t, P(t), x*x = h + l */
+} erfc_parts;
 
-/* The standard normal CDF Phi(x) = erfc(-x/sqrt2)/2 given e = exp(-x^2/2),
- * accurate in relative terms in both tails (gelu(x) = x Phi(x) must stay
- * accurate for x << 0). erfc(z) = t exp(-z^2 + P(t)) with the Chebyshev fit
- * P of Numerical Recipes' erfcc (fractional error < 1.2e-7 for all z >= 0);
- * exp(-z^2) is e, so gelu's backward gets Phi and the density from one exp
- * of -x^2/2. */
-AI float vphi(float x, float e) {
+AI erfc_parts verfc_parts(float x) {
+    erfc_parts e;
     float z = fabsf(x) * 0.70710678118654752f;
-    float t = 1.0f / (1.0f + 0.5f * z);
-    float p = 0.17087277f;
+    e.t = 1.0f / (1.0f + 0.5f * z);
+    float p = 0.17087277f, t = e.t;
     p = p * t - 0.82215223f;
     p = p * t + 1.48851587f;
     p = p * t - 1.13520398f;
@@ -105,16 +134,26 @@ AI float vphi(float x, float e) {
     p = p * t + 0.09678418f;
     p = p * t + 0.37409196f;
     p = p * t + 1.00002368f;
-    p = p * t - 1.26551223f;
-    float half_erfc = 0.5f * t * vexp(p) * e;
-    return x < 0.0f ? half_erfc : 1.0f - half_erfc;
+    e.p = p * t - 1.26551223f;
+    e.h = x * x;
+    e.l = fmaf(x, x, -e.h);
+    e.l = e.h < 256.0f ? e.l : 0.0f; /* beyond, the result is 0 (and l may be inf) */
+    return e;
 }
 
-AI float vgelu(float x) { return x * vphi(x, vgauss(x)); }
-/* d/dx x Phi(x) = Phi(x) + x phi(x) */
+AI float vgelu(float x) {
+    erfc_parts e = verfc_parts(x);
+    float half_erfc = 0.5f * e.t * vexp2(-0.5f * e.h, e.p - 0.5f * e.l);
+    return x * (x < 0.0f ? half_erfc : 1.0f - half_erfc);
+}
+
+/* d/dx x Phi(x) = Phi(x) + x phi(x): the density's exp(-x^2/2) is shared. */
 AI float vgelu_grad(float x) {
-    float e = vgauss(x);
-    return vphi(x, e) + x * (0.39894228040143268f * e);
+    erfc_parts e = verfc_parts(x);
+    float g = vexp2(-0.5f * e.h, -0.5f * e.l); /* exp(-x^2/2) */
+    float half_erfc = 0.5f * e.t * vexp_small(e.p) * g;
+    float phi = x < 0.0f ? half_erfc : 1.0f - half_erfc;
+    return phi + x * (0.39894228040143268f * g);
 }
 
 /* Emits the write loop (acc == 0: never reads dst) and the add loop. */

@@ -141,43 +141,55 @@ MULTIVERSION(gn_dx,
               int64_t p1, int64_t C, float acc),
              (dx, dy, x, m, P, Q, R, p0, p1, C, acc))
 
-/* ------------------------------------------------------------ group norm */
+/* ------------------------------------------------------------ group norm
+ * Samples are processed one after the other, each with a statistics pass and
+ * a normalising (dx) pass over its blocks in parallel: the second pass then
+ * re-reads data touched one sample ago (5 MB at SD shapes), which the L3
+ * cache still holds, instead of the whole batch. */
+
+/* Scratch that lives for one call: per-thread f32 sub-block sums (2C floats)
+ * and f64 channel sums (2C doubles), indexed by omp_get_thread_num(). */
+typedef struct {
+    float *f;
+    double *d;
+} gn_scratch;
+
+static int scratch_alloc(gn_scratch *s, int64_t C, bool par) {
+    int nt = par ? omp_get_max_threads() : 1;
+    s->f = malloc((size_t)(nt * 2 * C) * sizeof(float));
+    s->d = malloc((size_t)(nt * 2 * C) * sizeof(double));
+    return s->f && s->d ? 0 : -1;
+}
+
 int ap_cpu_group_norm_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma,
                           const float *beta, int64_t N, int64_t S, int64_t C, int64_t G, float eps) {
-    const int64_t cpg = C / G, bs = gn_block(S), nblk = (S + bs - 1) / bs, items = N * nblk;
-    const bool v512 = ap_cpu_has_avx512();
-    /* K (the shift of each channel's group), A, B: [N, C] each; part: [items, 2G] */
-    float *pc = malloc((size_t)(3 * N * C) * sizeof(float));
-    double *part = malloc((size_t)(items * 2 * G) * sizeof(double));
-    if (!pc || !part) {
-        free(pc);
-        free(part);
-        return -1;
+    const int64_t cpg = C / G, bs = gn_block(S), nblk = (S + bs - 1) / bs;
+    const bool v512 = ap_cpu_has_avx512(), par = S * C > PAR_MIN;
+    const double cnt = (double)S * (double)cpg;
+    /* K (the shift of each channel's group), A, B: [C] each; part: [nblk, 2G] */
+    float *pc = malloc((size_t)(3 * C) * sizeof(float));
+    double *part = malloc((size_t)(nblk * 2 * G) * sizeof(double));
+    gn_scratch sc;
+    int err = scratch_alloc(&sc, C, par);
+    if (!pc || !part || err) {
+        err = -1;
+        goto done;
     }
-    float *K = pc, *A = pc + N * C, *B = A + N * C;
-    for (int64_t n = 0; n < N; n++)
-        for (int64_t c = 0; c < C; c++) K[n * C + c] = x[n * S * C + (c / cpg) * cpg];
-
-    int failed = 0;
-    const bool par = N * S * C > PAR_MIN;
-#pragma omp parallel if (par)
-    {
-        float *f = malloc((size_t)(2 * C) * sizeof(float));
-        double *d = malloc((size_t)(2 * C) * sizeof(double));
-        if (!f || !d) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int64_t it = 0; it < items; it++) {
-            if (!f || !d) continue;
-            int64_t n = it / nblk, p0 = (it % nblk) * bs, p1 = min64(S, p0 + bs);
-            const float *xs = x + n * S * C;
+    float *K = pc, *A = pc + C, *B = A + C;
+    for (int64_t n = 0; n < N; n++) {
+        const float *xs = x + n * S * C;
+        float *ys = y + n * S * C;
+        for (int64_t c = 0; c < C; c++) K[c] = xs[(c / cpg) * cpg];
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t k = 0; k < nblk; k++) {
+            int t = omp_get_thread_num();
+            float *f = sc.f + t * 2 * C;
+            double *d = sc.d + t * 2 * C, *pp = part + k * 2 * G;
+            int64_t p0 = k * bs, p1 = min64(S, p0 + bs);
             if (v512)
-                gn_stats_512(d, d + C, f, f + C, xs, K + n * C, p0, p1, C);
+                gn_stats_512(d, d + C, f, f + C, xs, K, p0, p1, C);
             else
-                gn_stats_v3(d, d + C, f, f + C, xs, K + n * C, p0, p1, C);
-            double *pp = part + it * 2 * G;
+                gn_stats_v3(d, d + C, f, f + C, xs, K, p0, p1, C);
             for (int64_t g = 0; g < G; g++) {
                 double a = 0, b = 0;
                 for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
@@ -188,21 +200,11 @@ int ap_cpu_group_norm_fwd(float *y, float *mean, float *rstd, const float *x, co
                 pp[G + g] = b;
             }
         }
-        free(f);
-        free(d);
-    }
-    if (failed) {
-        free(pc);
-        free(part);
-        return -1;
-    }
-    const double cnt = (double)S * (double)cpg;
-    for (int64_t n = 0; n < N; n++) {
         for (int64_t g = 0; g < G; g++) {
             double s1 = 0, s2 = 0;
             for (int64_t k = 0; k < nblk; k++) {
-                s1 += part[(n * nblk + k) * 2 * G + g];
-                s2 += part[(n * nblk + k) * 2 * G + G + g];
+                s1 += part[k * 2 * G + g];
+                s2 += part[k * 2 * G + G + g];
             }
             double dm = s1 / cnt, var = s2 / cnt - dm * dm;
             if (var < 0) var = 0;
@@ -212,24 +214,25 @@ int ap_cpu_group_norm_fwd(float *y, float *mean, float *rstd, const float *x, co
             /* y = (x - mean) * r * gamma + beta = (x - K) * A + B */
             for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
                 double a = r * (gamma ? (double)gamma[c] : 1.0);
-                A[n * C + c] = (float)a;
-                B[n * C + c] = (float)((beta ? (double)beta[c] : 0.0) - (double)(float)dm * a);
+                A[c] = (float)a;
+                B[c] = (float)((beta ? (double)beta[c] : 0.0) - (double)(float)dm * a);
             }
         }
-    }
 #pragma omp parallel for schedule(static) if (par)
-    for (int64_t it = 0; it < items; it++) {
-        int64_t n = it / nblk, p0 = (it % nblk) * bs, p1 = min64(S, p0 + bs);
-        const float *xs = x + n * S * C;
-        float *ys = y + n * S * C;
-        if (v512)
-            gn_norm_512(ys, xs, K + n * C, A + n * C, B + n * C, p0, p1, C);
-        else
-            gn_norm_v3(ys, xs, K + n * C, A + n * C, B + n * C, p0, p1, C);
+        for (int64_t k = 0; k < nblk; k++) {
+            int64_t p0 = k * bs, p1 = min64(S, p0 + bs);
+            if (v512)
+                gn_norm_512(ys, xs, K, A, B, p0, p1, C);
+            else
+                gn_norm_v3(ys, xs, K, A, B, p0, p1, C);
+        }
     }
+done:
     free(pc);
     free(part);
-    return 0;
+    free(sc.f);
+    free(sc.d);
+    return err;
 }
 
 int ap_cpu_group_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
@@ -237,72 +240,79 @@ int ap_cpu_group_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *d
                           int64_t S, int64_t C, int64_t G, float acc_dx, float acc_dgamma,
                           float acc_dbeta) {
     if (!dx && !dgamma && !dbeta) return 0;
-    const int64_t cpg = C / G, bs = gn_block(S), nblk = (S + bs - 1) / bs, items = N * nblk;
-    const bool v512 = ap_cpu_has_avx512();
-    /* m, P, Q, R: [N, C] each; part: [items, 2C]; sd, sdx: [N, C] */
-    float *pc = malloc((size_t)(4 * N * C) * sizeof(float));
-    double *part = malloc((size_t)(items * 2 * C + 2 * N * C) * sizeof(double));
-    if (!pc || !part) {
-        free(pc);
-        free(part);
-        return -1;
+    const int64_t cpg = C / G, bs = gn_block(S), nblk = (S + bs - 1) / bs;
+    const bool v512 = ap_cpu_has_avx512(), par = S * C > PAR_MIN;
+    const double cnt = (double)S * (double)cpg;
+    /* M, P, Q, R: [C] each for the current sample; part: [nblk, 2C];
+     * sd, sdx: [N, C] (sums of dy and dy (x - mean)); mfix: [G] */
+    float *pc = malloc((size_t)(4 * C) * sizeof(float));
+    double *part = malloc((size_t)(nblk * 2 * C + 2 * N * C + G) * sizeof(double));
+    gn_scratch sc;
+    int err = scratch_alloc(&sc, C, par);
+    if (!pc || !part || err) {
+        err = -1;
+        goto done;
     }
-    /* M: the group's mean rounded to f32 (mf), per channel. Sums of dy (x - mf)
-     * are centred (no cancellation against sum dy times a far shift); the
-     * rounding mf - mean = (mf - K) - offset is exact in double and added back. */
-    float *M = pc, *P = M + N * C, *Q = P + N * C, *R = Q + N * C;
-    double *sd = part + items * 2 * C, *sdx = sd + N * C, *mfix = malloc((size_t)(N * G) * sizeof(double));
-    if (!mfix) {
-        free(pc);
-        free(part);
-        return -1;
-    }
-    for (int64_t n = 0; n < N; n++)
+    float *M = pc, *P = M + C, *Q = P + C, *R = Q + C;
+    double *sd = part + nblk * 2 * C, *sdx = sd + N * C, *mfix = sdx + N * C;
+    for (int64_t n = 0; n < N; n++) {
+        const size_t off = (size_t)(n * S * C);
+        const float *xs = x + off, *gs = dy + off;
+        /* M: the group's mean rounded to f32 (mf). Sums of dy (x - mf) are
+         * centred (no cancellation against sum dy times a far shift); the
+         * rounding mf - mean = (mf - K) - offset is exact in double and is
+         * added back. */
         for (int64_t g = 0; g < G; g++) {
-            double K = x[n * S * C + g * cpg], off = mean[n * G + g];
-            float mf = (float)(K + off);
-            mfix[n * G + g] = ((double)mf - K) - off; /* mf - mean */
-            for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) M[n * C + c] = mf;
+            double K = xs[g * cpg], o = mean[n * G + g];
+            float mf = (float)(K + o);
+            mfix[g] = ((double)mf - K) - o;
+            for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) M[c] = mf;
         }
-
-    const bool par = N * S * C > PAR_MIN;
-    int failed = 0;
-#pragma omp parallel if (par)
-    {
-        float *f = malloc((size_t)(2 * C) * sizeof(float));
-        if (!f) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int64_t it = 0; it < items; it++) {
-            if (!f) continue;
-            int64_t n = it / nblk, p0 = (it % nblk) * bs, p1 = min64(S, p0 + bs);
-            const size_t off = (size_t)(n * S * C);
-            double *pp = part + it * 2 * C;
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t k = 0; k < nblk; k++) {
+            float *f = sc.f + omp_get_thread_num() * 2 * C;
+            double *pp = part + k * 2 * C;
+            int64_t p0 = k * bs, p1 = min64(S, p0 + bs);
             if (v512)
-                gn_bstats_512(pp, pp + C, f, f + C, dy + off, x + off, M + n * C, p0, p1, C);
+                gn_bstats_512(pp, pp + C, f, f + C, gs, xs, M, p0, p1, C);
             else
-                gn_bstats_v3(pp, pp + C, f, f + C, dy + off, x + off, M + n * C, p0, p1, C);
+                gn_bstats_v3(pp, pp + C, f, f + C, gs, xs, M, p0, p1, C);
         }
-        free(f);
-    }
-    if (failed) {
-        free(pc);
-        free(part);
-        free(mfix);
-        return -1;
-    }
-    for (int64_t n = 0; n < N; n++)
         for (int64_t c = 0; c < C; c++) {
             double a = 0, b = 0;
             for (int64_t k = 0; k < nblk; k++) {
-                a += part[(n * nblk + k) * 2 * C + c];
-                b += part[(n * nblk + k) * 2 * C + C + c];
+                a += part[k * 2 * C + c];
+                b += part[k * 2 * C + C + c];
             }
             sd[n * C + c] = a;
-            sdx[n * C + c] = b + mfix[n * G + c / cpg] * a; /* sum dy (x - mf) -> sum dy (x - mean) */
+            sdx[n * C + c] = b + mfix[c / cpg] * a; /* sum dy (x - mf) -> sum dy (x - mean) */
         }
+        if (!dx) continue;
+        for (int64_t g = 0; g < G; g++) {
+            double a1 = 0, a2 = 0, r = rstd[n * G + g];
+            for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
+                double gm = gamma ? gamma[c] : 1.0;
+                a1 += gm * sd[n * C + c];
+                a2 += gm * sdx[n * C + c];
+            }
+            /* dx = dy P + (x - mean) Q + R = dy P + (x - mf) Q + (R + (mf - mean) Q) */
+            double q = -r * r * r * a2 / cnt, rr = -r * a1 / cnt + mfix[g] * q;
+            for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
+                P[c] = (float)(r * (gamma ? gamma[c] : 1.0));
+                Q[c] = (float)q;
+                R[c] = (float)rr;
+            }
+        }
+        float *dxs = dx + off;
+#pragma omp parallel for schedule(static) if (par)
+        for (int64_t k = 0; k < nblk; k++) {
+            int64_t p0 = k * bs, p1 = min64(S, p0 + bs);
+            if (v512)
+                gn_dx_512(dxs, gs, xs, M, P, Q, R, p0, p1, C, acc_dx);
+            else
+                gn_dx_v3(dxs, gs, xs, M, P, Q, R, p0, p1, C, acc_dx);
+        }
+    }
     if (dbeta)
         for (int64_t c = 0; c < C; c++) {
             double s = 0;
@@ -315,39 +325,12 @@ int ap_cpu_group_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *d
             for (int64_t n = 0; n < N; n++) s += (double)rstd[n * G + c / cpg] * sdx[n * C + c];
             dgamma[c] = (acc_dgamma != 0.0f ? dgamma[c] : 0.0f) + (float)s;
         }
-    if (dx) {
-        const double cnt = (double)S * (double)cpg;
-        for (int64_t n = 0; n < N; n++)
-            for (int64_t g = 0; g < G; g++) {
-                double a1 = 0, a2 = 0, r = rstd[n * G + g];
-                for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
-                    double gm = gamma ? gamma[c] : 1.0;
-                    a1 += gm * sd[n * C + c];
-                    a2 += gm * sdx[n * C + c];
-                }
-                /* dx = dy P + (x - mean) Q + R = dy P + (x - mf) Q + (R + (mf - mean) Q) */
-                double q = -r * r * r * a2 / cnt, rr = -r * a1 / cnt + mfix[n * G + g] * q;
-                for (int64_t c = g * cpg; c < (g + 1) * cpg; c++) {
-                    P[n * C + c] = (float)(r * (gamma ? gamma[c] : 1.0));
-                    Q[n * C + c] = (float)q;
-                    R[n * C + c] = (float)rr;
-                }
-            }
-#pragma omp parallel for schedule(static) if (par)
-        for (int64_t it = 0; it < items; it++) {
-            int64_t n = it / nblk, p0 = (it % nblk) * bs, p1 = min64(S, p0 + bs);
-            const size_t off = (size_t)(n * S * C);
-            const int64_t o = n * C;
-            if (v512)
-                gn_dx_512(dx + off, dy + off, x + off, M + o, P + o, Q + o, R + o, p0, p1, C, acc_dx);
-            else
-                gn_dx_v3(dx + off, dy + off, x + off, M + o, P + o, Q + o, R + o, p0, p1, C, acc_dx);
-        }
-    }
+done:
     free(pc);
     free(part);
-    free(mfix);
-    return 0;
+    free(sc.f);
+    free(sc.d);
+    return err;
 }
 
 /* ------------------------------------------------------------ layer norm
