@@ -200,6 +200,18 @@ int main(int argc, char **argv) {
     ap_tensor *e6[2] = {x, y};
     time_op(c, "concat_channels 320+320", cat_f, e6, 2, 4 * nb, 4 * nb, 4 * nb, 4 * nb, peak);
 
+    /* a VAE-decoder shape, 64 MiB per tensor: beyond the caches, DRAM-bound */
+    int64_t sv[4] = {1, 256, 256, 256};
+    ap_tensor *vx = rnd(c, 4, sv, 4.0f, 11), *vg = rnd(c, 1, (int64_t[]){256}, 1.0f, 12),
+              *vb = rnd(c, 1, (int64_t[]){256}, 1.0f, 13);
+    double vn = (double)ap_tensor_numel(vx) * 4;
+    ap_tensor *vin[3] = {vx, vg, vb};
+    time_op(c, "group_norm 32g [1,256,256,256]", gn_f, vin, 1, 2 * vn, 3 * vn, 3 * vn, 5 * vn, peak);
+    time_op(c, "silu [1,256,256,256]", silu_f, vin, 1, 2 * vn, 2 * vn, 3 * vn, 3 * vn, peak);
+    ap_tensor_release(vx);
+    ap_tensor_release(vg);
+    ap_tensor_release(vb);
+
     if (g_json) {
         fprintf(g_json, "\n]\n");
         fclose(g_json);

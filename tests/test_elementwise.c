@@ -233,6 +233,20 @@ static void test_binary_errors(ap_ctx *c) {
     ap_clear_error(c);
     CHECK(ap_add(c, a, NULL) == NULL && ap_last_status(c) == AP_ERR_INVALID_ARG);
     ap_clear_error(c);
+    /* empty tensors broadcast too */
+    ap_tensor *e = ap_tensor_new(c, AP_F32, 2, (int64_t[]){0, 3});
+    ap_tensor_set_requires_grad(e, 1);
+    ap_tensor_set_requires_grad(b, 1);
+    ap_tensor *ye = ap_mul(c, e, b);
+    CHECK(ye && ap_tensor_numel(ye) == 0 && ap_tensor_dim(ye, 1) == 3);
+    ap_tensor *ge = ap_tensor_new(c, AP_F32, 2, (int64_t[]){0, 3});
+    CHECK(ap_backward(c, ye, ge) == AP_OK);
+    const float *gbv = ap_tensor_cdata(ap_tensor_grad(b));
+    CHECK_MSG(gbv[0] == 0 && gbv[1] == 0 && gbv[2] == 0, "gradient of b broadcast over nothing is zero");
+    ap_tensor_release(ge);
+    ap_tensor_release(ye);
+    ap_tensor_release(e);
+    CHECK_OK(c);
     CHECK(ap_axpby(c, 1, a, 1, b) == NULL && ap_last_status(c) == AP_ERR_SHAPE);
     CHECK(strstr(ap_last_error(c), "axpby") != NULL);
     ap_clear_error(c);

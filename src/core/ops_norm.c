@@ -186,9 +186,11 @@ ap_tensor *ap_layer_norm(ap_ctx *c, ap_tensor *x, ap_tensor *gamma, ap_tensor *b
         rstd = ap_tensor_new_shape(c, AP_F32, 1, (int64_t[]){R});
     }
     if (y && mean && rstd) {
-        ap_cpu_layer_norm_fwd(ap_f32(y), ap_f32(mean), ap_f32(rstd), ap_f32(x), gf ? ap_f32(gf) : NULL,
-                              bf ? ap_f32(bf) : NULL, R, C, eps);
-        record(c, "layer_norm", layer_norm_backward, x, gamma, beta, gf, mean, rstd, y, 0, eps);
+        if (ap_cpu_layer_norm_fwd(ap_f32(y), ap_f32(mean), ap_f32(rstd), ap_f32(x), gf ? ap_f32(gf) : NULL,
+                                  bf ? ap_f32(bf) : NULL, R, C, eps))
+            ap_seterr(c, AP_ERR_NOMEM, "layer_norm: out of memory");
+        else
+            record(c, "layer_norm", layer_norm_backward, x, gamma, beta, gf, mean, rstd, y, 0, eps);
     }
     if (ap_failed(c)) {
         ap_tensor_release(y);

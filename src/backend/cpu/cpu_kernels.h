@@ -24,6 +24,12 @@
     __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")))
 bool ap_cpu_has_avx512(void);
 void ap_cpu_force_baseline(bool on);
+/* Defines name_v3 (baseline) and name_512 (AVX-512) from one always-inline
+ * function name_body; callers pick one on the calling thread, before their
+ * parallel loop. */
+#define AP_CPU_MULTIVERSION(name, params, args)                                        \
+    static void name##_v3 params { name##_body args; }                                 \
+    AP_CPU_AVX512 static void name##_512 params { name##_body args; }
 
 /* ------------------------------------------------------------ unary activations */
 typedef enum {
@@ -112,8 +118,8 @@ int ap_cpu_group_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *d
 
 /* Layer norm over the last dim: x, y [R, C]; rstd [R]; mean [R] as an offset
  * from the row's first value x[r, 0] (as for group norm). */
-void ap_cpu_layer_norm_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma,
-                           const float *beta, int64_t R, int64_t C, float eps);
+int ap_cpu_layer_norm_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                          const float *beta, int64_t R, int64_t C, float eps);
 int ap_cpu_layer_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
                           const float *mean, const float *rstd, const float *gamma, int64_t R,
                           int64_t C, float acc_dx, float acc_dgamma, float acc_dbeta);

@@ -29,7 +29,7 @@
 #define PAR_MIN 32768
 
 #define AI static inline __attribute__((always_inline))
-#define AVX512 AP_CPU_AVX512
+#define MULTIVERSION AP_CPU_MULTIVERSION
 
 static int g_avx512 = -1; /* -1: not yet detected */
 
@@ -152,8 +152,8 @@ AI float vgelu_grad(float x) {
     erfc_parts e = verfc_parts(x);
     float g = vexp2(-0.5f * e.h, -0.5f * e.l); /* exp(-x^2/2) */
     float half_erfc = 0.5f * e.t * vexp_small(e.p) * g;
-    float phi = x < 0.0f ? half_erfc : 1.0f - half_erfc;
-    return phi + x * (0.39894228040143268f * g);
+    float cdf = x < 0.0f ? half_erfc : 1.0f - half_erfc;
+    return cdf + x * (0.39894228040143268f * g);
 }
 
 /* Emits the write loop (acc == 0: never reads dst) and the add loop. */
@@ -165,12 +165,6 @@ AI float vgelu_grad(float x) {
             _Pragma("omp simd") for (int64_t i = 0; i < (n); i++)(dst)[i] += (EXPR);    \
         }                                                                              \
     } while (0)
-
-/* Defines name_v3 (baseline) and name_512 (AVX-512) from one always-inline
- * body; callers pick one on the calling thread, before the parallel loop. */
-#define MULTIVERSION(name, params, args)                                               \
-    static void name##_v3 params { name##_body args; }                                 \
-    AVX512 static void name##_512 params { name##_body args; }
 
 /* ------------------------------------------------------------ activations */
 AI void act_fwd_body(ap_act act, float *restrict y, const float *restrict x, int64_t n, float lo,

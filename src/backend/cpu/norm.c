@@ -118,9 +118,7 @@ AI void gn_dx_body(float *restrict dx, const float *restrict dy, const float *re
     }
 }
 
-#define MULTIVERSION(name, params, args)                                               \
-    static void name##_v3 params { name##_body args; }                                 \
-    AP_CPU_AVX512 static void name##_512 params { name##_body args; }
+#define MULTIVERSION AP_CPU_MULTIVERSION
 
 MULTIVERSION(gn_stats,
              (double *restrict s1, double *restrict s2, float *restrict f1, float *restrict f2,
@@ -335,9 +333,10 @@ done:
 
 /* ------------------------------------------------------------ layer norm
  * Rows are short (C <= a few thousand) and sit in L1, so each row is read
- * twice for an exact two-pass variance. Row sums use 8 double lanes in a
- * fixed order. The backward's dgamma/dbeta sum over rows in blocks fixed by
- * the shape (at most LN_MAX_BLOCKS), combined in order. */
+ * twice for an exact two-pass variance. Row sums use fixed lanes combined in
+ * a fixed order. The backward's dgamma/dbeta sum over rows in blocks fixed by
+ * the shape (at most LN_MAX_BLOCKS), in f32 over SUB rows, then in double,
+ * and the blocks are combined in order. */
 #define LN_MAX_BLOCKS 32
 
 /* Sum of (x - mu)^2 in double. */
@@ -356,10 +355,11 @@ static double sq_dev(const float *restrict x, double mu, int64_t n) {
     return ((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]));
 }
 
-void ap_cpu_layer_norm_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma,
-                           const float *beta, int64_t R, int64_t C, float eps) {
-#pragma omp parallel for schedule(static) if (R * C > PAR_MIN)
-    for (int64_t r = 0; r < R; r++) {
+/* Rows [r0, r1): y = ((x - K) - mean) * rstd * gamma + beta, K = the row's first value. */
+AI void ln_fwd_rows_body(float *restrict y, float *restrict mean, float *restrict rstd, const float *restrict x,
+                         const float *restrict gamma, const float *restrict beta, int64_t r0, int64_t r1,
+                         int64_t C, float eps) {
+    for (int64_t r = r0; r < r1; r++) {
         const float *restrict xr = x + r * C;
         float *restrict yr = y + r * C;
         double mu = ap_cpu_dsum(xr, NULL, C) / (double)C;
@@ -367,55 +367,51 @@ void ap_cpu_layer_norm_fwd(float *y, float *mean, float *rstd, const float *x, c
         const float K = xr[0], m = (float)(mu - (double)K), rs = (float)(1.0 / sqrt(var + (double)eps));
         mean[r] = m;
         rstd[r] = rs;
-        if (gamma) {
 #pragma omp simd
-            for (int64_t c = 0; c < C; c++) yr[c] = ((xr[c] - K) - m) * rs * gamma[c];
-        } else {
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) yr[c] = ((xr[c] - K) - m) * rs;
-        }
-        if (beta) {
-#pragma omp simd
-            for (int64_t c = 0; c < C; c++) yr[c] += beta[c];
-        }
+        for (int64_t c = 0; c < C; c++) yr[c] = ((xr[c] - K) - m) * rs * gamma[c] + beta[c];
     }
 }
 
-/* s1 = sum of g, s2 = sum of g * xhat over a row, g = dy * gamma, in double. */
-static void ln_row_sums(const float *restrict dy, const float *restrict x, const float *restrict gamma,
-                        float K, float m, float rs, int64_t C, double *s1, double *s2) {
-    double a[8] = {0}, b[8] = {0};
+/* s1 = sum of g, s2 = sum of g * xhat over a row (g = dy * gamma): 16 f32
+ * lanes (a lane sums at most a few hundred terms), combined in double. */
+AI void ln_row_sums(const float *restrict dy, const float *restrict x, const float *restrict gamma, float K,
+                    float m, float rs, int64_t C, double *s1, double *s2) {
+    float a[16] = {0}, b[16] = {0};
     int64_t c = 0;
-    for (; c + 8 <= C; c += 8)
-        for (int k = 0; k < 8; k++) {
-            float g = dy[c + k] * (gamma ? gamma[c + k] : 1.0f), xh = ((x[c + k] - K) - m) * rs;
-            a[k] += (double)g;
-            b[k] += (double)g * (double)xh;
+    for (; c + 16 <= C; c += 16)
+#pragma omp simd
+        for (int k = 0; k < 16; k++) {
+            float g = dy[c + k] * gamma[c + k], xh = ((x[c + k] - K) - m) * rs;
+            a[k] += g;
+            b[k] += g * xh;
         }
     for (int k = 0; c < C; c++, k++) {
-        float g = dy[c] * (gamma ? gamma[c] : 1.0f), xh = ((x[c] - K) - m) * rs;
-        a[k] += (double)g;
-        b[k] += (double)g * (double)xh;
+        float g = dy[c] * gamma[c], xh = ((x[c] - K) - m) * rs;
+        a[k] += g;
+        b[k] += g * xh;
     }
-    *s1 = ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
-    *s2 = ((b[0] + b[1]) + (b[2] + b[3])) + ((b[4] + b[5]) + (b[6] + b[7]));
+    double sa = 0, sb = 0;
+    for (int k = 0; k < 16; k++) {
+        sa += a[k];
+        sb += b[k];
+    }
+    *s1 = sa;
+    *s2 = sb;
 }
 
-int ap_cpu_layer_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
-                          const float *mean, const float *rstd, const float *gamma, int64_t R,
-                          int64_t C, float acc_dx, float acc_dgamma, float acc_dbeta) {
-    const bool wantp = dgamma || dbeta;
-    if (!dx && !wantp) return 0;
-    const int64_t rb = (R + LN_MAX_BLOCKS - 1) / LN_MAX_BLOCKS, nblk = rb ? (R + rb - 1) / rb : 0;
-    double *part = NULL;
-    if (wantp) {
-        part = calloc((size_t)(nblk * 2 * C) + 1, sizeof *part);
-        if (!part) return -1;
-    }
-#pragma omp parallel for schedule(static) if (R * C > PAR_MIN)
-    for (int64_t k = 0; k < nblk; k++) {
-        double *restrict pg = part ? part + k * 2 * C : NULL, *restrict pb = pg ? pg + C : NULL;
-        for (int64_t r = k * rb; r < min64(R, (k + 1) * rb); r++) {
+/* Rows [r0, r1): dx (when not NULL), and, when pg is not NULL, the block's
+ * sums of dy * xhat and dy into pg, pb [C] (double; fg, fb [C] f32 scratch). */
+AI void ln_bwd_rows_body(float *restrict dx, double *restrict pg, double *restrict pb, float *restrict fg,
+                         float *restrict fb, const float *restrict dy, const float *restrict x,
+                         const float *restrict mean, const float *restrict rstd, const float *restrict gamma,
+                         int64_t r0, int64_t r1, int64_t C, float acc) {
+    if (pg)
+        for (int64_t c = 0; c < C; c++) pg[c] = pb[c] = 0.0;
+    for (int64_t q = r0; q < r1; q += SUB) {
+        const int64_t qe = q + SUB < r1 ? q + SUB : r1;
+        if (pg)
+            for (int64_t c = 0; c < C; c++) fg[c] = fb[c] = 0.0f;
+        for (int64_t r = q; r < qe; r++) {
             const float *restrict xr = x + r * C, *restrict gr = dy + r * C;
             const float K = xr[0], m = mean[r], rs = rstd[r];
             if (dx) {
@@ -423,24 +419,100 @@ int ap_cpu_layer_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *d
                 ln_row_sums(gr, xr, gamma, K, m, rs, C, &s1, &s2);
                 const float a = (float)(s1 / (double)C), b = (float)(s2 / (double)C);
                 float *restrict d = dx + r * C;
-                if (acc_dx == 0.0f) {
+                if (acc == 0.0f) {
 #pragma omp simd
-                    for (int64_t c = 0; c < C; c++)
-                        d[c] = rs * (gr[c] * (gamma ? gamma[c] : 1.0f) - a - ((xr[c] - K) - m) * rs * b);
+                    for (int64_t c = 0; c < C; c++) d[c] = rs * (gr[c] * gamma[c] - a - ((xr[c] - K) - m) * rs * b);
                 } else {
 #pragma omp simd
-                    for (int64_t c = 0; c < C; c++)
-                        d[c] += rs * (gr[c] * (gamma ? gamma[c] : 1.0f) - a - ((xr[c] - K) - m) * rs * b);
+                    for (int64_t c = 0; c < C; c++) d[c] += rs * (gr[c] * gamma[c] - a - ((xr[c] - K) - m) * rs * b);
                 }
             }
             if (pg) {
 #pragma omp simd
                 for (int64_t c = 0; c < C; c++) {
-                    pg[c] += (double)(gr[c] * (((xr[c] - K) - m) * rs));
-                    pb[c] += (double)gr[c];
+                    fg[c] += gr[c] * (((xr[c] - K) - m) * rs);
+                    fb[c] += gr[c];
                 }
             }
         }
+        if (pg)
+#pragma omp simd
+            for (int64_t c = 0; c < C; c++) {
+                pg[c] += (double)fg[c];
+                pb[c] += (double)fb[c];
+            }
+    }
+}
+
+MULTIVERSION(ln_fwd_rows,
+             (float *restrict y, float *restrict mean, float *restrict rstd, const float *restrict x,
+              const float *restrict gamma, const float *restrict beta, int64_t r0, int64_t r1, int64_t C, float eps),
+             (y, mean, rstd, x, gamma, beta, r0, r1, C, eps))
+MULTIVERSION(ln_bwd_rows,
+             (float *restrict dx, double *restrict pg, double *restrict pb, float *restrict fg, float *restrict fb,
+              const float *restrict dy, const float *restrict x, const float *restrict mean,
+              const float *restrict rstd, const float *restrict gamma, int64_t r0, int64_t r1, int64_t C, float acc),
+             (dx, pg, pb, fg, fb, dy, x, mean, rstd, gamma, r0, r1, C, acc))
+
+/* gamma and beta with NULL replaced by 1 and 0 ([2C] scratch), so the
+ * loops have no branches. */
+static float *ln_affine(const float **gamma, const float **beta, int64_t C) {
+    if (*gamma && *beta) return NULL;
+    float *ab = malloc((size_t)(2 * C) * sizeof(float));
+    if (!ab) return NULL;
+    for (int64_t c = 0; c < C; c++) {
+        ab[c] = 1.0f;
+        ab[C + c] = 0.0f;
+    }
+    if (!*gamma) *gamma = ab;
+    if (!*beta) *beta = ab + C;
+    return ab;
+}
+
+int ap_cpu_layer_norm_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma,
+                          const float *beta, int64_t R, int64_t C, float eps) {
+    float *ab = ln_affine(&gamma, &beta, C);
+    if (!gamma || !beta) return -1;
+    const bool v512 = ap_cpu_has_avx512();
+    const int64_t rc = C >= 4096 ? 1 : 4096 / C, nch = (R + rc - 1) / rc;
+#pragma omp parallel for schedule(static) if (R * C > PAR_MIN)
+    for (int64_t k = 0; k < nch; k++) {
+        int64_t r0 = k * rc, r1 = min64(R, r0 + rc);
+        if (v512)
+            ln_fwd_rows_512(y, mean, rstd, x, gamma, beta, r0, r1, C, eps);
+        else
+            ln_fwd_rows_v3(y, mean, rstd, x, gamma, beta, r0, r1, C, eps);
+    }
+    free(ab);
+    return 0;
+}
+
+int ap_cpu_layer_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                          const float *mean, const float *rstd, const float *gamma, int64_t R,
+                          int64_t C, float acc_dx, float acc_dgamma, float acc_dbeta) {
+    const bool wantp = dgamma || dbeta, v512 = ap_cpu_has_avx512(), par = R * C > PAR_MIN;
+    if (!dx && !wantp) return 0;
+    const float *beta_unused = NULL;
+    float *ab = ln_affine(&gamma, &beta_unused, C);
+    const int64_t rb = (R + LN_MAX_BLOCKS - 1) / LN_MAX_BLOCKS, nblk = rb ? (R + rb - 1) / rb : 0;
+    const int nt = par ? omp_get_max_threads() : 1;
+    double *part = wantp ? malloc((size_t)(nblk * 2 * C + 1) * sizeof(double)) : NULL;
+    float *fs = wantp ? malloc((size_t)(nt * 2 * C) * sizeof(float)) : NULL;
+    if (!gamma || (wantp && (!part || !fs))) {
+        free(ab);
+        free(part);
+        free(fs);
+        return -1;
+    }
+#pragma omp parallel for schedule(static) if (par)
+    for (int64_t k = 0; k < nblk; k++) {
+        double *pg = part ? part + k * 2 * C : NULL, *pb = pg ? pg + C : NULL;
+        float *fg = fs ? fs + omp_get_thread_num() * 2 * C : NULL, *fb = fg ? fg + C : NULL;
+        int64_t r0 = k * rb, r1 = min64(R, r0 + rb);
+        if (v512)
+            ln_bwd_rows_512(dx, pg, pb, fg, fb, dy, x, mean, rstd, gamma, r0, r1, C, acc_dx);
+        else
+            ln_bwd_rows_v3(dx, pg, pb, fg, fb, dy, x, mean, rstd, gamma, r0, r1, C, acc_dx);
     }
     for (int64_t c = 0; c < C && wantp; c++) {
         double sg = 0, sb = 0;
@@ -451,6 +523,8 @@ int ap_cpu_layer_norm_bwd(float *dx, float *dgamma, float *dbeta, const float *d
         if (dgamma) dgamma[c] = (acc_dgamma != 0.0f ? dgamma[c] : 0.0f) + (float)sg;
         if (dbeta) dbeta[c] = (acc_dbeta != 0.0f ? dbeta[c] : 0.0f) + (float)sb;
     }
+    free(ab);
     free(part);
+    free(fs);
     return 0;
 }
