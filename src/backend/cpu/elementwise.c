@@ -147,13 +147,19 @@ AI float vgelu(float x) {
     return x * (x < 0.0f ? half_erfc : 1.0f - half_erfc);
 }
 
-/* d/dx x Phi(x) = Phi(x) + x phi(x): the density's exp(-x^2/2) is shared. */
-AI float vgelu_grad(float x) {
+/* Phi(x) and the density phi(x), sharing exp(-x^2/2). */
+AI float vcdf_pdf(float x, float *pdf) {
     erfc_parts e = verfc_parts(x);
     float g = vexp2(-0.5f * e.h, -0.5f * e.l); /* exp(-x^2/2) */
     float half_erfc = 0.5f * e.t * vexp_small(e.p) * g;
-    float cdf = x < 0.0f ? half_erfc : 1.0f - half_erfc;
-    return cdf + x * (0.39894228040143268f * g);
+    *pdf = 0.39894228040143268f * g;
+    return x < 0.0f ? half_erfc : 1.0f - half_erfc;
+}
+
+/* d/dx x Phi(x) = Phi(x) + x phi(x) */
+AI float vgelu_grad(float x) {
+    float pdf, cdf = vcdf_pdf(x, &pdf);
+    return cdf + x * pdf;
 }
 
 /* Emits the write loop (acc == 0: never reads dst) and the add loop. */
@@ -251,10 +257,24 @@ AI void geglu_fwd_body(float *restrict y, const float *restrict x, int64_t r0, i
 AI void geglu_bwd_body(float *restrict dx, const float *restrict dy, const float *restrict x,
                        int64_t r0, int64_t r1, int64_t F, float acc) {
     for (int64_t r = r0; r < r1; r++) {
-        const float *h = x + r * 2 * F, *g = h + F, *d = dy + r * F;
-        float *dh = dx + r * 2 * F, *dg = dh + F;
-        ACC_LOOP(F, acc, dh, d[i] * vgelu(g[i]));
-        ACC_LOOP(F, acc, dg, d[i] * h[i] * vgelu_grad(g[i]));
+        const float *restrict h = x + r * 2 * F, *restrict g = h + F, *restrict d = dy + r * F;
+        float *restrict dh = dx + r * 2 * F, *restrict dg = dh + F;
+        /* one erfc evaluation serves gelu(g) (for dh) and gelu'(g) (for dg) */
+        if (acc == 0.0f) {
+#pragma omp simd
+            for (int64_t i = 0; i < F; i++) {
+                float pdf, cdf = vcdf_pdf(g[i], &pdf);
+                dh[i] = d[i] * (g[i] * cdf);
+                dg[i] = d[i] * h[i] * (cdf + g[i] * pdf);
+            }
+        } else {
+#pragma omp simd
+            for (int64_t i = 0; i < F; i++) {
+                float pdf, cdf = vcdf_pdf(g[i], &pdf);
+                dh[i] += d[i] * (g[i] * cdf);
+                dg[i] += d[i] * h[i] * (cdf + g[i] * pdf);
+            }
+        }
     }
 }
 
