@@ -14,7 +14,9 @@
  * cancellation, and the saved mean is the offset mean - K, so x - mean is
  * evaluated as (x - K) - offset without the f32 rounding of a large mean
  * (which would cost |mean|/std ulps when a group's spread is small next to
- * its mean). K is x's own value, so the backward reads it from x again.
+ * its mean). K is x's own value, so the backward reads it from x again; its
+ * sums are centred on the f32-rounded mean, with the rounding added back in
+ * double.
  *
  * Accumulation rule: parameter gradients (dgamma, dbeta) and dx each come
  * with their own acc: 0 writes (never reads), 1 adds. */
