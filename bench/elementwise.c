@@ -7,7 +7,12 @@
  * and writes its output; backward reads the output gradient and what it saved
  * and writes the input gradients. (Group norm reads x twice in each
  * direction, so its DRAM traffic is higher than the bytes counted; the
- * "traffic" column shows the bytes actually streamed.)
+ * "traffic" column shows the bytes actually streamed.) Backward times are
+ * those of ap_backward, so they include the tape's copy of the seed gradient
+ * (one more read and write of the output's size, not counted).
+ *
+ * At [2,64,64,320] a tensor is 10.5 MB, which a large L3 holds: rates there
+ * can exceed the DRAM triad. The [1,256,256,256] rows (64 MiB) are DRAM-bound.
  *
  *   build/bench/elementwise [--runs N] [--json out.json]
  */
