@@ -220,7 +220,7 @@ static void test_load(ap_ctx *c) {
     ap_clear_error(c);
     CHECK(ap_pt_load(c, pt, "f32", AP_I64, &t) == AP_ERR_DTYPE && strstr(ap_last_error(c), "F32"));
     ap_clear_error(c);
-    CHECK(ap_pt_load(c, pt, "i64", AP_F32, &t) == AP_ERR_DTYPE);
+    CHECK(ap_pt_load(c, pt, "f16", AP_I32, &t) == AP_ERR_DTYPE && strstr(ap_last_error(c), "'f16'"));
     ap_clear_error(c);
     CHECK(ap_pt_load(c, pt, "i64", AP_I32, &t) == AP_ERR_DTYPE && strstr(ap_last_error(c), "i32"));
     ap_clear_error(c);
@@ -244,6 +244,17 @@ static void test_load(ap_ctx *c) {
         CHECK(g[2] == (INT64_C(1) << 40) && g[5] == -(INT64_C(1) << 35) && g[1] == -4);
         for (int k = 0; k < 8; k++) CHECK(((const int32_t *)ap_tensor_cdata(u8))[k] >= 0);
         for (int k = 0; k < 9; k++) CHECK((((const int32_t *)ap_tensor_cdata(bl))[k] & ~1) == 0);
+        /* integers as floats: exact for these */
+        ap_tensor *fi = NULL, *hb = NULL;
+        CHECK(ap_pt_load(c, pt, "i64", AP_F32, &fi) == AP_OK && ap_pt_load(c, pt, "bool", AP_BF16, &hb) == AP_OK);
+        if (fi && hb) {
+            CHECK(F(fi)[2] == 1099511627776.0f && F(fi)[1] == -4.0f && F(fi)[5] == -34359738368.0f);
+            for (int k = 0; k < 9; k++)
+                CHECK(ap_bf16_to_f32(((const uint16_t *)ap_tensor_cdata(hb))[k]) ==
+                      (float)((const int32_t *)ap_tensor_cdata(bl))[k]);
+        }
+        ap_tensor_release(fi);
+        ap_tensor_release(hb);
     }
     ap_tensor_release(a);
     ap_tensor_release(b);

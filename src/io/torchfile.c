@@ -476,13 +476,14 @@ static void gather(void *dst, const uint8_t *base, const ap_pk_tensor *t, size_t
 /* ------------------------------------------------------------ float conversion kernels
  * Loading SD weights means converting ~1e9 values (f32 -> bf16 for frozen
  * weights, f16 -> f32 / bf16 for half checkpoints), so these run at memory
- * speed: AVX2 + F16C (the x86-64-v3 baseline), OpenMP over blocks. Results are
+ * speed: AVX2 + F16C (the x86-64-v3 baseline), one thread: a copy is
+ * memory-bound and one thread moves 5-10 GB/s here, while a parallel region
+ * per tensor ran 2-4x slower whenever the shared machine was busy (one late
+ * worker stalls the region; bench/torchio.c, docs/torchfile.md). Results are
  * bit-identical to the core's scalar ap_f32_to_bf16 / ap_f16_to_f32 /
  * ap_f32_to_f16 (round to nearest even): a block holding a NaN, where the
  * hardware keeps payload bits the scalar code drops, goes through the scalar
  * code. Sources may be unaligned (zip data offsets need not be). */
-#define CV_BLOCK 16384 /* elements per OpenMP work item */
-
 static inline float ld_f32(const uint8_t *p) { float f; memcpy(&f, p, 4); return f; }
 static inline uint16_t ld_u16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
 
@@ -567,24 +568,17 @@ static void convert_block(void *d, ap_dtype dt, const uint8_t *s, ap_pk_dtype sd
 
 static ap_dtype float_ap(ap_pk_dtype d) { return d == AP_PK_F32 ? AP_F32 : d == AP_PK_F16 ? AP_F16 : AP_BF16; }
 
-/* n contiguous floating elements of src (stored sd) into dst (dt): a parallel
- * copy when the types agree, else the kernels above. */
+/* n contiguous floating elements of src (stored sd) into dst (dt). */
 static void convert_floats(void *dst, ap_dtype dt, const uint8_t *src, ap_pk_dtype sd, int64_t n) {
-    size_t el = ap_pk_dtype_size(sd), del = ap_dtype_size(dt);
-    bool same = sd != AP_PK_F64 && float_ap(sd) == dt;
-    int64_t blocks = (n + CV_BLOCK - 1) / CV_BLOCK;
-#pragma omp parallel for schedule(static) if (blocks > 4)
-    for (int64_t b = 0; b < blocks; b++) {
-        int64_t i = b * CV_BLOCK, len = n - i < CV_BLOCK ? n - i : CV_BLOCK;
-        if (same)
-            memcpy((uint8_t *)dst + (size_t)i * el, src + (size_t)i * el, (size_t)len * el);
-        else
-            convert_block((uint8_t *)dst + (size_t)i * del, dt, src + (size_t)i * el, sd, len);
-    }
+    if (sd != AP_PK_F64 && float_ap(sd) == dt)
+        memcpy(dst, src, (size_t)n * ap_pk_dtype_size(sd));
+    else
+        convert_block(dst, dt, src, sd, n);
 }
 
 /* Converts n contiguous elements of src (stored dtype of t) into dst (dt);
- * integer sources must be aligned. */
+ * integer sources must be aligned. Integers to floats round through f32
+ * (exact up to 2^24, which covers ids and counts). */
 static ap_status convert(ap_ctx *c, const ap_torchfile *pt, const ap_pk_tensor *t, void *dst, ap_dtype dt,
                          const void *src, int64_t n) {
     ap_pk_dtype sd = t->dtype;
@@ -604,6 +598,8 @@ static ap_status convert(ap_ctx *c, const ap_torchfile *pt, const ap_pk_tensor *
         }
         if (dt == AP_I64) {
             ((int64_t *)dst)[i] = v;
+        } else if (dt != AP_I32) {
+            scalar_out(dst, dt, i, (float)v);
         } else {
             if (v < INT32_MIN || v > INT32_MAX)
                 return ap_seterr(c, AP_ERR_DTYPE, "%s: tensor '%s': element %lld = %lld does not fit in i32", pt->path,
@@ -623,7 +619,7 @@ ap_status ap_pt_load(ap_ctx *c, const ap_torchfile *pt, const char *name, ap_dty
     if (i < 0) return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: no tensor named '%s'", pt->path, name);
     const ap_pk_tensor *t = &pt->st.tensors[i];
     bool fsrc = is_float(t->dtype), fdst = dt == AP_F32 || dt == AP_BF16 || dt == AP_F16;
-    if ((unsigned)dt >= AP_DTYPE_COUNT_ || fsrc != fdst)
+    if ((unsigned)dt >= AP_DTYPE_COUNT_ || (fsrc && !fdst)) /* truncating weights is never what was meant */
         return ap_seterr(c, AP_ERR_DTYPE, "%s: tensor '%s' is stored as %s and cannot be loaded as %s", pt->path, name,
                          ap_pk_dtype_name(t->dtype), ap_dtype_name(dt));
     ap_tensor *o = ap_tensor_new(c, dt, t->ndim, t->shape);

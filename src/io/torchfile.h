@@ -57,7 +57,7 @@ int ap_pt_from_state_dict(const ap_torchfile *pt);
 /* Loads tensor `name` as a new contiguous tensor of dtype dt. Floating types
  * (F32, F16, BF16, F64) convert to AP_F32 / AP_BF16 / AP_F16 (round to nearest
  * even); integer and bool types to AP_I32 / AP_I64 (a value outside i32 is an
- * error). */
+ * error) or to the float types; floats to integers is refused (AP_ERR_DTYPE). */
 ap_status ap_pt_load(ap_ctx *c, const ap_torchfile *pt, const char *name, ap_dtype dt,
                      ap_tensor **out);
 
