@@ -73,6 +73,38 @@ static double peak_fma(void) {
     return (double)iters * 12 * 32 * omp_get_max_threads() / s.med / 1e9;
 }
 
+/* AVX512-BF16 dot products (VDPBF16PS: 32 bf16 pairs -> 16 f32 sums, 64 flops). */
+__attribute__((target("avx512f,avx512bf16"))) static double bf16dp_loop(long iters) {
+    double total = 0;
+#pragma omp parallel reduction(+ : total)
+    {
+        __m512 a[12];
+        __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3400);
+        for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
+        for (long it = 0; it < iters; it++)
+            for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
+        __m512 s = a[0];
+        for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
+        total += _mm512_reduce_add_ps(s);
+    }
+    return total;
+}
+
+static double peak_bf16dp(void) {
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx512bf16")) return 0;
+    long iters = g_quick ? 2000000 : 20000000;
+    double t[7];
+    for (int r = 0; r < 7; r++) {
+        double t0 = now();
+        volatile double sink = bf16dp_loop(iters);
+        (void)sink;
+        t[r] = now() - t0;
+    }
+    stats s = summarize(t, 7);
+    return (double)iters * 12 * 64 * omp_get_max_threads() / s.med / 1e9;
+}
+
 typedef struct {
     uint8_t palette, start_row, reserved[14];
     uint16_t colsb[16];
@@ -239,7 +271,7 @@ static ap_tensor *conv_f(ap_ctx *c, void *u, ap_tensor **in) {
     return ap_conv2d(c, in[0], in[1], in[2], (ap_conv_params){1, {1, 1, 1, 1}});
 }
 
-static void bench_conv(ap_ctx *c, double peak_f32, double peak_amx) {
+static void bench_conv(ap_ctx *c, double peak_f32, double peak_amx, const char *bf_name) {
     static const int cfg[][2] = {{320, 64}, {640, 32}, {1280, 16}, {1280, 8}};
     for (int i = 0; i < 4; i++) {
         int C = cfg[i][0], HW = cfg[i][1];
@@ -253,7 +285,7 @@ static void bench_conv(ap_ctx *c, double peak_f32, double peak_amx) {
         for (int p = 0; p < 2; p++) {
             ap_set_precision(c, p ? AP_PREC_BF16 : AP_PREC_F32);
             time_op(c, name, conv_f, NULL, in, 3, 1, flops, flops, "GFLOP/s", p ? peak_amx : peak_f32,
-                    p ? "AMX" : "FMA");
+                    p ? bf_name : "FMA");
         }
         for (int k = 0; k < 3; k++) ap_tensor_release(in[k]);
     }
@@ -268,7 +300,7 @@ static ap_tensor *attn_f(ap_ctx *c, void *u, ap_tensor **in) {
     return ap_attention(c, in[0], in[1], in[2], ((attn_u *)u)->heads, 0.0f, 0);
 }
 
-static void bench_attn(ap_ctx *c, double peak_f32, double peak_amx) {
+static void bench_attn(ap_ctx *c, double peak_f32, double peak_amx, const char *bf_name) {
     static const int cfg[][3] = {{4096, 40, 4096}, {4096, 40, 77}, {1024, 80, 1024}, {1024, 80, 77}};
     attn_u u = {8};
     for (int i = 0; i < 4; i++) {
@@ -285,7 +317,7 @@ static void bench_attn(ap_ctx *c, double peak_f32, double peak_amx) {
             ap_set_precision(c, p ? AP_PREC_BF16 : AP_PREC_F32);
             /* backward counted as 2.5x forward (FlashAttention's convention) */
             time_op(c, name, attn_f, &u, in, 3, 3, f, 2.5 * f, "GFLOP/s", p ? peak_amx : peak_f32,
-                    p ? "AMX" : "FMA");
+                    p ? bf_name : "FMA");
         }
         for (int k = 0; k < 3; k++) ap_tensor_release(in[k]);
     }
@@ -345,15 +377,32 @@ int main(int argc, char **argv) {
         return 1;
     }
     int threads = ap_get_num_threads(c);
-    double pf = peak_fma(), pa = peak_amx(), pb = peak_copy();
+    double pf = peak_fma(), pa = peak_amx(), pd = peak_bf16dp(), pb = peak_copy();
+    /* the bf16 peak is AMX's where the CPU has it, else AVX512-BF16 dot products */
+    double pbf = pa > 0 ? pa : pd;
+    const char *pbf_name = pa > 0 ? "AMX" : "BF16DP";
     printf("alignprop %s bench/ops: %d threads, %d runs per figure (median)\n", ap_version_string(), threads, g_runs);
-    printf("machine peaks measured now: FMA f32 %.1f GFLOP/s, AMX bf16 %.1f GFLOP/s, copy %.1f GB/s\n\n", pf, pa, pb);
+    char cpu[128] = "unknown CPU";
+    FILE *ci = fopen("/proc/cpuinfo", "r");
+    for (char line[512]; ci && fgets(line, sizeof line, ci);)
+        if (!strncmp(line, "model name", 10)) {
+            char *v = strchr(line, ':');
+            if (v) snprintf(cpu, sizeof cpu, "%s", v + 2);
+            cpu[strcspn(cpu, "\n")] = 0;
+            break;
+        }
+    if (ci) fclose(ci);
+    printf("CPU: %s\n", cpu);
+    printf("machine peaks measured now: FMA f32 %.1f GFLOP/s, AMX bf16 %.1f GFLOP/s%s, AVX512-BF16 dot %.1f GFLOP/s, "
+           "copy %.1f GB/s\n\n",
+           pf, pa, pa > 0 ? "" : " (no AMX on this CPU)", pd, pb);
     printf("%-34s %-5s %-9s %12s %9s %-7s %s\n", "op (batch 2)", "prec", "pass", "median", "rate", "unit", "fraction");
     if (g_json)
         fprintf(g_json, "{\"threads\": %d, \"runs\": %d, \"peak_fma_gflops\": %.2f, \"peak_amx_gflops\": %.2f, "
-                        "\"peak_copy_gbs\": %.2f, \"results\": [", threads, g_runs, pf, pa, pb);
-    if (!g_only || !strcmp(g_only, "conv")) bench_conv(c, pf, pa);
-    if (!g_only || !strcmp(g_only, "attn")) bench_attn(c, pf, pa);
+                        "\"peak_bf16dp_gflops\": %.2f, \"peak_copy_gbs\": %.2f, \"cpu\": \"%s\", \"results\": [",
+                threads, g_runs, pf, pa, pd, pb, cpu);
+    if (!g_only || !strcmp(g_only, "conv")) bench_conv(c, pf, pbf, pbf_name);
+    if (!g_only || !strcmp(g_only, "attn")) bench_attn(c, pf, pbf, pbf_name);
     if (!g_only || !strcmp(g_only, "norm") || !strcmp(g_only, "elem")) bench_memory_ops(c, pb);
     if (g_json) {
         fprintf(g_json, "\n]}\n");
