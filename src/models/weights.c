@@ -2,6 +2,7 @@
 #include "weights.h"
 
 #include "core/internal.h"
+#include "io/torchfile.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,6 +11,7 @@ struct ap_weights {
     ap_weights_format format;
     char *path;
     ap_safetensors *st;
+    ap_torchfile *pt;
 };
 
 ap_status ap_weights_open(ap_ctx *c, const char *path, ap_weights **out) {
@@ -28,7 +30,7 @@ ap_status ap_weights_open(ap_ctx *c, const char *path, ap_weights **out) {
     ap_status st;
     if (got == 4 && magic[0] == 'P' && magic[1] == 'K') {
         w->format = AP_WEIGHTS_TORCH;
-        st = ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: PyTorch checkpoints are not supported yet", path);
+        st = ap_pt_open(c, path, &w->pt);
     } else {
         w->format = AP_WEIGHTS_SAFETENSORS;
         st = ap_st_open(c, path, &w->st);
@@ -44,23 +46,31 @@ ap_status ap_weights_open(ap_ctx *c, const char *path, ap_weights **out) {
 void ap_weights_close(ap_weights *w) {
     if (!w) return;
     ap_st_close(w->st);
+    ap_pt_close(w->pt);
     free(w->path);
     free(w);
 }
 
 ap_weights_format ap_weights_format_of(const ap_weights *w) { return w->format; }
 const char *ap_weights_path(const ap_weights *w) { return w->path; }
-int ap_weights_count(const ap_weights *w) { return ap_st_count(w->st); }
-const char *ap_weights_name(const ap_weights *w, int i) { return ap_st_name(w->st, i); }
-int ap_weights_find(const ap_weights *w, const char *name) { return ap_st_find(w->st, name); }
-int ap_weights_shape(const ap_weights *w, int i, int64_t *shape) { return ap_st_shape(w->st, i, shape); }
-const char *ap_weights_dtype(const ap_weights *w, int i) { return ap_st_dtype(w->st, i); }
+int ap_weights_count(const ap_weights *w) { return w->st ? ap_st_count(w->st) : ap_pt_count(w->pt); }
+const char *ap_weights_name(const ap_weights *w, int i) { return w->st ? ap_st_name(w->st, i) : ap_pt_name(w->pt, i); }
+int ap_weights_find(const ap_weights *w, const char *name) {
+    return w->st ? ap_st_find(w->st, name) : ap_pt_find(w->pt, name);
+}
+int ap_weights_shape(const ap_weights *w, int i, int64_t *shape) {
+    return w->st ? ap_st_shape(w->st, i, shape) : ap_pt_shape(w->pt, i, shape);
+}
+const char *ap_weights_dtype(const ap_weights *w, int i) {
+    return w->st ? ap_st_dtype(w->st, i) : ap_pt_dtype(w->pt, i);
+}
 const char *ap_weights_metadata(const ap_weights *w, const char *key) {
     return w->st ? ap_st_metadata(w->st, key) : NULL;
 }
 
 ap_status ap_weights_load(ap_ctx *c, const ap_weights *w, int i, ap_dtype dt, ap_tensor **out) {
-    return ap_st_load(c, w->st, ap_st_name(w->st, i), dt, out);
+    if (w->st) return ap_st_load(c, w->st, ap_st_name(w->st, i), dt, out);
+    return ap_pt_load(c, w->pt, ap_pt_name(w->pt, i), dt, out);
 }
 
 static bool shape_eq(int na, const int64_t *a, int nb, const int64_t *b) {
