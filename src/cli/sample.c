@@ -1,5 +1,6 @@
 /* alignprop sample: text to image. */
 #include "io/image.h"
+#include "models/lora_file.h"
 #include "pipeline/txt2img.h"
 #include "progress.h"
 
@@ -23,6 +24,7 @@ static int usage(void) {
             "  --batch N              images (1); written as one grid, or numbered files with --separate\n"
             "  --precision P          f32 | bf16 (default: AP_PRECISION or f32)\n"
             "  --weights-dtype D      dtype frozen weights are held in: bf16 (default) | f32 | f16\n"
+            "  --lora FILE[:SCALE]    merge a LoRA (kohya, diffusers or peft keys) with a strength (1); repeatable\n"
             "  --dump DIR             write token ids, text embeddings, latents per step and the image\n"
             "                         as safetensors files (NCHW, to compare with diffusers)\n");
     return 2;
@@ -60,7 +62,8 @@ int ap_cli_sample(int argc, char **argv) {
     ap_txt2img_opts o;
     ap_txt2img_defaults(&o);
     const char *model = NULL, *out = NULL, *precision = NULL;
-    int separate = 0;
+    int separate = 0, n_lora = 0;
+    const char *loras[16];
     ap_dtype wdt = AP_BF16;
     long v;
     for (int i = 1; i < argc; i++) {
@@ -76,6 +79,10 @@ int ap_cli_sample(int argc, char **argv) {
         else if (!strcmp(a, "--negative")) o.negative = val;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = val;
         else if (!strcmp(a, "--dump")) o.dump_dir = val;
+        else if (!strcmp(a, "--lora")) {
+            if (n_lora == 16) { fprintf(stderr, "alignprop sample: at most 16 --lora files\n"); return 2; }
+            loras[n_lora++] = val;
+        }
         else if (!strcmp(a, "--precision")) precision = val;
         else if (!strcmp(a, "--steps")) { if (parse_int(a, val, 1, 1000, &v)) return 2; o.steps = (int)v; }
         else if (!strcmp(a, "--width")) { if (parse_int(a, val, 8, 8192, &v)) return 2; o.width = (int)v; }
@@ -119,6 +126,33 @@ int ap_cli_sample(int argc, char **argv) {
         fprintf(stderr, "alignprop sample: %s\n", ap_last_error(c));
         ap_ctx_free(c);
         return 1;
+    }
+    for (int i = 0; i < n_lora; i++) {
+        char file[4096];
+        float strength = 1.0f;
+        snprintf(file, sizeof file, "%s", loras[i]);
+        char *colon = strrchr(file, ':');
+        if (colon) {
+            char *end;
+            double v = strtod(colon + 1, &end);
+            if (*end || end == colon + 1) {
+                fprintf(stderr, "alignprop sample: --lora %s: the strength after ':' must be a number\n", loras[i]);
+                ap_sd_free(m);
+                ap_ctx_free(c);
+                return 2;
+            }
+            strength = (float)v;
+            *colon = 0;
+        }
+        ap_lora_merge_info li;
+        if (ap_lora_merge_file(c, m, file, strength, &li) != AP_OK) {
+            fprintf(stderr, "alignprop sample: %s\n", ap_last_error(c));
+            ap_sd_free(m);
+            ap_ctx_free(c);
+            return 1;
+        }
+        fprintf(stderr, "merged %s (%s keys): %d modules, strength %g%s\n", file, li.format, li.modules, strength,
+                li.unused_keys ? " (some LoRA keys matched no module)" : "");
     }
     double t1 = ap_now();
     prog_state ps;

@@ -1,0 +1,21 @@
+/* LoRA files in the formats people share (SD_FACTS section 7.3), merged into a
+ * model's frozen weights for sampling: W += strength * (alpha / rank) * up @ down. */
+#ifndef AP_MODELS_LORA_FILE_H
+#define AP_MODELS_LORA_FILE_H
+
+#include "models/sd.h"
+
+typedef struct {
+    int modules;     /* modules merged */
+    int unused_keys; /* lora tensors in the file that matched no module */
+    const char *format; /* "kohya", "diffusers", "diffusers-attn-procs", "peft" */
+} ap_lora_merge_info;
+
+/* Merges the LoRA in path (safetensors or PyTorch) into m with the given
+ * strength. Keys: kohya (lora_unet_<path>.lora_down/lora_up/.alpha, also LDM
+ * paths, and lora_te_ for the text encoder), diffusers ([unet.]<path>.lora.down/up,
+ * <attn>.processor.to_q_lora.down/up), peft ([unet.|base_model.model.]<path>.lora_A/lora_B).
+ * A file in which no key matches a module is an error. */
+ap_status ap_lora_merge_file(ap_ctx *c, ap_sd_model *m, const char *path, float strength, ap_lora_merge_info *info);
+
+#endif
