@@ -27,26 +27,26 @@ static int candidates(const char *comp, const char *P, lora_keys *k, int max, co
     char base[512];
     const char *kpre = !strcmp(comp, "unet") ? "lora_unet_" : !strcmp(comp, "text_encoder") ? "lora_te_" : NULL;
     if (kpre && n < max) { /* kohya, diffusers path */
-        snprintf(base, sizeof base, "%s%s", kpre, P);
+        AP_FMT(base, "%s%s", kpre, P);
         underscores(base + strlen(kpre));
-        snprintf(k[n].down, sizeof k[n].down, "%s.lora_down.weight", base);
-        snprintf(k[n].up, sizeof k[n].up, "%s.lora_up.weight", base);
-        snprintf(k[n].alpha, sizeof k[n].alpha, "%s.alpha", base);
+        AP_FMT(k[n].down, "%s.lora_down.weight", base);
+        AP_FMT(k[n].up, "%s.lora_up.weight", base);
+        AP_FMT(k[n].alpha, "%s.alpha", base);
         k[n++].format = "kohya";
     }
     if (!strcmp(comp, "unet") && tab && n < max) { /* kohya with LDM paths */
         char full[512], ldm[512];
-        snprintf(full, sizeof full, "unet.%s.weight", P);
+        AP_FMT(full, "unet.%s.weight", P);
         if (ap_name_to_ldm(tab, full, ldm, sizeof ldm, NULL) == AP_OK) {
             const char *pre = "model.diffusion_model.";
             size_t lp = strlen(pre), L = strlen(ldm);
             if (!strncmp(ldm, pre, lp) && L > lp + 7) {
                 ldm[L - 7] = 0; /* drop ".weight" */
-                snprintf(base, sizeof base, "lora_unet_%s", ldm + lp);
+                AP_FMT(base, "lora_unet_%s", ldm + lp);
                 underscores(base + 10);
-                snprintf(k[n].down, sizeof k[n].down, "%s.lora_down.weight", base);
-                snprintf(k[n].up, sizeof k[n].up, "%s.lora_up.weight", base);
-                snprintf(k[n].alpha, sizeof k[n].alpha, "%s.alpha", base);
+                AP_FMT(k[n].down, "%s.lora_down.weight", base);
+                AP_FMT(k[n].up, "%s.lora_up.weight", base);
+                AP_FMT(k[n].alpha, "%s.alpha", base);
                 k[n++].format = "kohya";
             }
         }
@@ -56,13 +56,13 @@ static int candidates(const char *comp, const char *P, lora_keys *k, int max, co
         const char *pre = prefixes[i];
         if (!strcmp(pre, "unet.") && strcmp(comp, "unet")) continue;
         if (!strcmp(pre, "text_encoder.") && strcmp(comp, "text_encoder")) continue;
-        snprintf(k[n].down, sizeof k[n].down, "%s%s.lora.down.weight", pre, P);
-        snprintf(k[n].up, sizeof k[n].up, "%s%s.lora.up.weight", pre, P);
-        snprintf(k[n].alpha, sizeof k[n].alpha, "%s%s.alpha", pre, P);
+        AP_FMT(k[n].down, "%s%s.lora.down.weight", pre, P);
+        AP_FMT(k[n].up, "%s%s.lora.up.weight", pre, P);
+        AP_FMT(k[n].alpha, "%s%s.alpha", pre, P);
         k[n++].format = "diffusers";
-        snprintf(k[n].down, sizeof k[n].down, "%s%s.lora_A.weight", pre, P);
-        snprintf(k[n].up, sizeof k[n].up, "%s%s.lora_B.weight", pre, P);
-        snprintf(k[n].alpha, sizeof k[n].alpha, "%s%s.alpha", pre, P);
+        AP_FMT(k[n].down, "%s%s.lora_A.weight", pre, P);
+        AP_FMT(k[n].up, "%s%s.lora_B.weight", pre, P);
+        AP_FMT(k[n].alpha, "%s%s.alpha", pre, P);
         k[n++].format = "peft";
         /* old attention processors: <attn>.processor.to_q_lora.down.weight */
         const char *leafs[][2] = {{".to_q", "to_q_lora"}, {".to_k", "to_k_lora"}, {".to_v", "to_v_lora"},
@@ -71,9 +71,9 @@ static int candidates(const char *comp, const char *P, lora_keys *k, int max, co
         for (int j = 0; j < 4; j++) {
             size_t l = strlen(leafs[j][0]);
             if (L > l && !strcmp(P + L - l, leafs[j][0])) {
-                snprintf(k[n].down, sizeof k[n].down, "%s%.*s.processor.%s.down.weight", pre, (int)(L - l), P, leafs[j][1]);
-                snprintf(k[n].up, sizeof k[n].up, "%s%.*s.processor.%s.up.weight", pre, (int)(L - l), P, leafs[j][1]);
-                snprintf(k[n].alpha, sizeof k[n].alpha, "%s%.*s.processor.%s.alpha", pre, (int)(L - l), P, leafs[j][1]);
+                AP_FMT(k[n].down, "%s%.*s.processor.%s.down.weight", pre, (int)(L - l), P, leafs[j][1]);
+                AP_FMT(k[n].up, "%s%.*s.processor.%s.up.weight", pre, (int)(L - l), P, leafs[j][1]);
+                AP_FMT(k[n].alpha, "%s%.*s.processor.%s.alpha", pre, (int)(L - l), P, leafs[j][1]);
                 k[n++].format = "diffusers-attn-procs";
                 break;
             }
@@ -105,7 +105,7 @@ ap_status ap_lora_merge_file(ap_ctx *c, ap_sd_model *m, const char *path, float 
             size_t L = strlen(p->name);
             if (p->kind != AP_PARAM_WEIGHT || p->t->ndim != 2 || L < 8 || strcmp(p->name + L - 7, ".weight")) continue;
             char P[512];
-            snprintf(P, sizeof P, "%.*s", (int)(L - 7), p->name);
+            AP_FMT(P, "%.*s", (int)(L - 7), p->name);
             lora_keys k[16];
             int n = candidates(cnames[ci], P, k, 16, tab);
             int hit = -1, id = -1, iu = -1;
