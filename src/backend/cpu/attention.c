@@ -425,10 +425,11 @@ AMXATTR static void amx_release(void) { _tile_release(); }
 
 /* ================================================================ exp2
  * 2^x for x <= 0 (scores minus their max): round to n, 2^f on [-1/2, 1/2] by
- * the Cephes exp2f polynomial (relative error ~2e-7), scaled by 2^n.
- * max(-150, x) sends -inf (masked scores) to 0 and lets NaN through. */
+ * the Cephes exp2f polynomial (relative error ~2e-7), scaled by 2^n. Masked
+ * scores are MASKED (finite), so x is never -inf and needs no clamp: scalef
+ * sends 2^-1e30 to 0, and NaN passes through. */
+#define MASKED (-1e30f)
 INLINE AVX512 __m512 exp2_ps(__m512 x) {
-    x = _mm512_max_ps(_mm512_set1_ps(-150.0f), x);
     __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 f = _mm512_sub_ps(x, n);
     __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
@@ -437,6 +438,20 @@ INLINE AVX512 __m512 exp2_ps(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Degree 5 (Taylor, relative error < 3e-6) where the result is rounded to
+ * bf16 (relative 2^-9) anyway. */
+INLINE AVX512 __m512 exp2_ps5(__m512 x) {
+    __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(x, n);
+    __m512 p = _mm512_set1_ps(1.3333558146e-3f);
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076e-3f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108665e-2f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650696e-1f));
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718056e-1f));
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(p, n);
 }
@@ -466,9 +481,12 @@ static void fwd_softmax_generic(float *St, int64_t nk, float *m, float *l, float
 
 INLINE AVX512 void fwd_stats_avx512(const float *St, int64_t nk, float *m, float *alpha,
                                     __m512 mx[NV]) {
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++) mx[v] = _mm512_loadu_ps(m + 16 * v);
     for (int64_t j = 0; j < nk; j++)
+#pragma GCC unroll 4
         for (int v = 0; v < NV; v++) mx[v] = _mm512_max_ps(mx[v], _mm512_loadu_ps(St + j * BR + 16 * v));
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
         _mm512_storeu_ps(alpha + 16 * v, exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(m + 16 * v), mx[v])));
         _mm512_storeu_ps(m + 16 * v, mx[v]);
@@ -478,13 +496,16 @@ INLINE AVX512 void fwd_stats_avx512(const float *St, int64_t nk, float *m, float
 static AVX512 void fwd_softmax_avx512(float *St, int64_t nk, float *m, float *l, float *alpha) {
     __m512 mx[NV], s[NV];
     fwd_stats_avx512(St, nk, m, alpha, mx);
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++) s[v] = _mm512_setzero_ps();
     for (int64_t j = 0; j < nk; j++)
+#pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(St + j * BR + 16 * v), mx[v]));
             _mm512_storeu_ps(St + j * BR + 16 * v, p);
             s[v] = _mm512_add_ps(s[v], p);
         }
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++)
         _mm512_storeu_ps(l + 16 * v, _mm512_fmadd_ps(_mm512_loadu_ps(l + 16 * v),
                                                      _mm512_loadu_ps(alpha + 16 * v), s[v]));
@@ -501,16 +522,19 @@ static AVX512BF16 void fwd_softmax_bf16(const float *St, int64_t nk, int64_t nkp
                                         float *l, float *alpha, uint16_t *Pv) {
     __m512 mx[NV], s[NV];
     fwd_stats_avx512(St, nk, m, alpha, mx);
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++) s[v] = _mm512_setzero_ps();
     for (int64_t j = 0; j < nkp; j += 2)
+#pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             __m512 p0 = _mm512_setzero_ps(), p1 = _mm512_setzero_ps();
-            if (j < nk) p0 = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(St + j * BR + 16 * v), mx[v]));
+            if (j < nk) p0 = exp2_ps5(_mm512_sub_ps(_mm512_loadu_ps(St + j * BR + 16 * v), mx[v]));
             if (j + 1 < nk)
-                p1 = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(St + (j + 1) * BR + 16 * v), mx[v]));
+                p1 = exp2_ps5(_mm512_sub_ps(_mm512_loadu_ps(St + (j + 1) * BR + 16 * v), mx[v]));
             s[v] = _mm512_add_ps(s[v], _mm512_add_ps(p0, p1));
             _mm512_storeu_si512(Pv + j * BR + 32 * v, pair_bf16(p0, p1));
         }
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++)
         _mm512_storeu_ps(l + 16 * v, _mm512_fmadd_ps(_mm512_loadu_ps(l + 16 * v),
                                                      _mm512_loadu_ps(alpha + 16 * v), s[v]));
@@ -531,11 +555,13 @@ static void bwd_elem_generic(float *St, float *dPt, int64_t nk, const float *lse
 static AVX512 void bwd_elem_avx512(float *St, float *dPt, int64_t nk, const float *lse,
                                    const float *D, float scale) {
     __m512 L[NV], Dv[NV], sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
         L[v] = _mm512_loadu_ps(lse + 16 * v);
         Dv[v] = _mm512_loadu_ps(D + 16 * v);
     }
     for (int64_t j = 0; j < nk; j++)
+#pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             float *s = St + j * BR + 16 * v;
             __m512 p = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(s), L[v]));
@@ -555,23 +581,27 @@ static AVX512BF16 void bwd_elem_bf16(const float *St, const float *dPt, int64_t 
                                      const float *lse, const float *D, float scale, uint16_t *Pb,
                                      uint16_t *dSb, uint16_t *dSv) {
     __m512 L[NV], Dv[NV], sc = _mm512_set1_ps(scale);
+#pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
         L[v] = _mm512_loadu_ps(lse + 16 * v);
         Dv[v] = _mm512_loadu_ps(D + 16 * v);
     }
     bool need_ds = dSb || dSv;
     for (int64_t j = 0; j < nkp; j += 2)
+#pragma GCC unroll 4
         for (int v = 0; v < NV; v++) {
             __m512 p[2], ds[2];
+#pragma GCC unroll 4
             for (int r = 0; r < 2; r++) {
                 p[r] = ds[r] = _mm512_setzero_ps();
                 if (j + r >= nk) continue;
-                p[r] = exp2_ps(_mm512_sub_ps(_mm512_loadu_ps(St + (j + r) * BR + 16 * v), L[v]));
+                p[r] = exp2_ps5(_mm512_sub_ps(_mm512_loadu_ps(St + (j + r) * BR + 16 * v), L[v]));
                 if (need_ds)
                     ds[r] = _mm512_mul_ps(
                         _mm512_mul_ps(sc, p[r]),
                         _mm512_sub_ps(_mm512_loadu_ps(dPt + (j + r) * BR + 16 * v), Dv[v]));
             }
+#pragma GCC unroll 4
             for (int r = 0; r < 2; r++) {
                 if (Pb)
                     _mm256_storeu_si256((__m256i *)(Pb + (j + r) * BR + 16 * v),
@@ -588,7 +618,7 @@ static AVX512BF16 void bwd_elem_bf16(const float *St, const float *dPt, int64_t 
 static void causal_mask(float *St, int64_t nk, int64_t i0, int64_t j0) {
     for (int64_t j = 0; j < nk; j++) {
         int64_t hide = imin(BR, j0 + j - i0); /* lanes i < hide are masked */
-        for (int64_t i = 0; i < hide; i++) St[j * BR + i] = -INFINITY;
+        for (int64_t i = 0; i < hide; i++) St[j * BR + i] = MASKED;
     }
 }
 
@@ -635,16 +665,16 @@ static void pack_rpairs_bf16(const float *x, int64_t ld, int64_t n, int64_t np, 
             out[(i / 2) * dn * 2 + c * 2 + (i & 1)] = (i < n && c < d) ? f2bf(x[i * ld + c]) : 0;
 }
 
-/* Transposed: out [dm][np], f32 or bf16. */
+/* Transposed: out [dm][np] (row stride ldo), f32 or bf16. */
 static void pack_t_rows_f32(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
-                            int64_t dm, float *out) {
+                            int64_t dm, float *out, int64_t ldo) {
     for (int64_t c = 0; c < dm; c++)
-        for (int64_t i = 0; i < np; i++) out[c * np + i] = (i < n && c < d) ? x[i * ld + c] : 0.0f;
+        for (int64_t i = 0; i < np; i++) out[c * ldo + i] = (i < n && c < d) ? x[i * ld + c] : 0.0f;
 }
 static void pack_t_rows_bf16(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
-                             int64_t dm, uint16_t *out) {
+                             int64_t dm, uint16_t *out, int64_t ldo) {
     for (int64_t c = 0; c < dm; c++)
-        for (int64_t i = 0; i < np; i++) out[c * np + i] = (i < n && c < d) ? f2bf(x[i * ld + c]) : 0;
+        for (int64_t i = 0; i < np; i++) out[c * ldo + i] = (i < n && c < d) ? f2bf(x[i * ld + c]) : 0;
 }
 
 /* ================================================================ configuration */
@@ -659,6 +689,8 @@ typedef struct {
     int64_t kunit;       /* reductions over keys or queries padded to this */
     int64_t munit;       /* M over keys padded to this */
     int64_t Tp, Sp;      /* T, S padded to whole tiles */
+    int64_t ldS, ldT;    /* row strides of the [d][S] and [d][T] buffers: a power of two
+                            would put every row in the same L1 set */
     int64_t nqb, nkb;    /* query and key tiles */
     float s2;            /* scale * log2(e) */
 } cfg_t;
@@ -680,6 +712,8 @@ static cfg_t make_cfg(const ap_attn_problem *p) {
     g.munit = g.amx ? 16 : 1;
     g.Tp = rup(p->T, BR);
     g.Sp = rup(p->S, BC);
+    g.ldS = g.Sp + 32;
+    g.ldT = g.Tp + 16;
     g.nqb = g.Tp / BR;
     g.nkb = g.Sp / BC;
     g.s2 = p->scale * LOG2E;
@@ -712,7 +746,7 @@ static size_t fwd_layout(const cfg_t *g, const ap_attn_problem *p, char *base, f
     carver cv = {base, 0};
     size_t es = g->bf16 ? 2 : 4;
     w->Kp = g->bf16 ? carve(&cv, (size_t)g->Sp * g->dk * 2) : NULL;
-    w->Vt = carve(&cv, (size_t)g->dm * g->Sp * es);
+    w->Vt = carve(&cv, (size_t)g->dm * g->ldS * es);
     w->Qb = carve(&cv, (size_t)g->dk * BR * es);
     w->St = carve(&cv, (size_t)BC * BR * 4);
     w->Pv = g->bf16 ? carve(&cv, (size_t)BC * BR * 2) : NULL;
@@ -746,7 +780,7 @@ static void fwd_tile(const cfg_t *g, const ap_attn_problem *p, const fwd_ws *w, 
     else
         pack_t_f32(q + i0 * C, C, nq, d, g->s2, w->Qb, BR);
     for (int i = 0; i < BR; i++) {
-        w->m[i] = -1e30f;
+        w->m[i] = MASKED;
         w->l[i] = 0.0f;
     }
     int64_t jend = p->causal ? imin(p->S, i0 + nq) : p->S;
@@ -759,7 +793,7 @@ static void fwd_tile(const cfg_t *g, const ap_attn_problem *p, const fwd_ws *w, 
             if (p->causal && j0 + nk - 1 > i0) causal_mask(w->St, nk, i0, j0);
             int64_t nkp = rup(nk, g->kunit);
             fwd_softmax_bf16(w->St, nk, nkp, w->m, w->l, w->alpha, w->Pv);
-            g->gb(g->dm, BR, nkp / 2, (const uint16_t *)w->Vt + j0, g->Sp, (const uint32_t *)w->Pv,
+            g->gb(g->dm, BR, nkp / 2, (const uint16_t *)w->Vt + j0, g->ldS, (const uint32_t *)w->Pv,
                   BR, w->Ot, BR, mode, w->alpha);
         } else {
             g->gf(nk, BR, d, k + j0 * C, C, w->Qb, BR, w->St, BR, 0, NULL);
@@ -768,7 +802,7 @@ static void fwd_tile(const cfg_t *g, const ap_attn_problem *p, const fwd_ws *w, 
                 fwd_softmax_avx512(w->St, nk, w->m, w->l, w->alpha);
             else
                 fwd_softmax_generic(w->St, nk, w->m, w->l, w->alpha);
-            g->gf(d, BR, nk, (const float *)w->Vt + j0, g->Sp, w->St, BR, w->Ot, BR, mode,
+            g->gf(d, BR, nk, (const float *)w->Vt + j0, g->ldS, w->St, BR, w->Ot, BR, mode,
                   w->alpha);
         }
     }
@@ -800,9 +834,9 @@ void ap_attn_forward(const ap_attn_problem *p, const float *q, const float *k, c
             if (bh != last_bh) { /* consecutive items of a head reuse its packed K, V */
                 if (g.bf16) {
                     pack_rows_bf16(kh, C, p->S, g.Sp, d, g.dk, w.Kp);
-                    pack_t_rows_bf16(vh, C, p->S, g.Sp, d, g.dm, w.Vt);
+                    pack_t_rows_bf16(vh, C, p->S, g.Sp, d, g.dm, w.Vt, g.ldS);
                 } else {
-                    pack_t_rows_f32(vh, C, p->S, g.Sp, d, d, w.Vt);
+                    pack_t_rows_f32(vh, C, p->S, g.Sp, d, d, w.Vt, g.ldS);
                 }
                 last_bh = bh;
             }
@@ -837,15 +871,17 @@ typedef struct {
 typedef struct {
     int need_q, need_k, need_v;
     int64_t nsplit, Si; /* key-range splits per head, keys per split (padded) */
+    int64_t ldK;        /* row stride of Kt */
 } bwd_plan;
 
 static bwd_plan bwd_make_plan(const cfg_t *g, const ap_attn_problem *p, int nq, int nk, int nv) {
-    bwd_plan pl = {nq, nk, nv, 1, 0};
+    bwd_plan pl = {nq, nk, nv, 1, 0, 0};
     int64_t bh = p->B * p->H;
     /* split heads only when there are fewer heads than threads: each split
      * costs a partial dQ [d][T] */
     pl.nsplit = imin(g->nkb, imax(1, ((int64_t)p->nthreads + bh - 1) / bh));
     pl.Si = (g->nkb + pl.nsplit - 1) / pl.nsplit * BC;
+    pl.ldK = pl.Si + 32;
     return pl;
 }
 
@@ -864,7 +900,7 @@ static size_t bwd_layout(const cfg_t *g, const bwd_plan *pl, char *base, bwd_ws 
         w->Kp = carve(&cv, (size_t)pl->Si * g->dk * 2);
         w->Vp = need_ds ? carve(&cv, (size_t)pl->Si * g->dk * 2) : NULL;
     }
-    w->Kt = pl->need_q ? carve(&cv, (size_t)g->dm * pl->Si * es) : NULL;
+    w->Kt = pl->need_q ? carve(&cv, (size_t)g->dm * pl->ldK * es) : NULL;
     w->St = carve(&cv, (size_t)BC * BR * 4);
     w->dPt = need_ds ? carve(&cv, (size_t)BC * BR * 4) : NULL;
     if (g->bf16) {
@@ -874,13 +910,13 @@ static size_t bwd_layout(const cfg_t *g, const bwd_plan *pl, char *base, bwd_ws 
     }
     w->dKacc = pl->need_k ? carve(&cv, (size_t)BC * g->dn * 4) : NULL;
     w->dVacc = pl->need_v ? carve(&cv, (size_t)BC * g->dn * 4) : NULL;
-    w->dQt = (pl->need_q && pl->nsplit == 1) ? carve(&cv, (size_t)g->dm * g->Tp * 4) : NULL;
+    w->dQt = (pl->need_q && pl->nsplit == 1) ? carve(&cv, (size_t)g->dm * g->ldT * 4) : NULL;
     return cv.off;
 }
 
 static size_t bwd_shared_bytes(const cfg_t *g, const ap_attn_problem *p, const bwd_plan *pl) {
     if (!pl->need_q || pl->nsplit == 1) return 0;
-    return (size_t)p->B * p->H * pl->nsplit * g->dm * g->Tp * 4;
+    return (size_t)p->B * p->H * pl->nsplit * g->dm * g->ldT * 4;
 }
 
 size_t ap_attn_backward_scratch(const ap_attn_problem *p, int need_q, int need_k, int need_v) {
@@ -924,7 +960,7 @@ static void bwd_pack_q(const cfg_t *g, const ap_attn_problem *p, const bwd_plan 
             w->lse[i] = lseh[i];
         } else {
             w->D[i] = 0.0f;
-            w->lse[i] = INFINITY; /* padded queries get P = 0 */
+            w->lse[i] = -MASKED; /* padded queries get P = 0 */
         }
     }
 }
@@ -958,7 +994,7 @@ static void bwd_tile(const cfg_t *g, const ap_attn_problem *p, const bwd_plan *p
             g->gb(mk, g->dn, nqp / 2, w->dSb, BR, (const uint32_t *)w->Qr + (i0 / 2) * g->dn,
                   g->dn, w->dKacc, g->dn, 1, NULL);
         if (pl->need_q)
-            g->gb(g->dm, BR, nkp / 2, (const uint16_t *)w->Kt + jl, pl->Si,
+            g->gb(g->dm, BR, nkp / 2, (const uint16_t *)w->Kt + jl, pl->ldK,
                   (const uint32_t *)w->dSv, BR, dQt + i0, ldq, 1, NULL);
     } else {
         g->gf(nk, BR, d, kh + j0 * C, C, (const float *)Qb, BR, w->St, BR, 0, NULL);
@@ -975,7 +1011,7 @@ static void bwd_tile(const cfg_t *g, const ap_attn_problem *p, const bwd_plan *p
             g->gf(nk, g->dn, nq, w->dPt, BR, (const float *)w->Qr + i0 * g->dn, g->dn, w->dKacc,
                   g->dn, 1, NULL);
         if (pl->need_q)
-            g->gf(d, BR, nk, (const float *)w->Kt + jl, pl->Si, w->dPt, BR, dQt + i0, ldq, 1,
+            g->gf(d, BR, nk, (const float *)w->Kt + jl, pl->ldK, w->dPt, BR, dQt + i0, ldq, 1,
                   NULL);
     }
 }
@@ -1005,9 +1041,9 @@ void ap_attn_backward(const ap_attn_problem *p, const float *q, const float *k, 
     bwd_plan pl = bwd_make_plan(&g, p, dq != NULL, dk != NULL, dv != NULL);
     bwd_ws w0;
     size_t per = bwd_layout(&g, &pl, NULL, &w0), shared = bwd_shared_bytes(&g, p, &pl);
-    float *dQp = shared ? (float *)scratch : NULL; /* [B*H][nsplit][dm][Tp] */
+    float *dQp = shared ? (float *)scratch : NULL; /* [B*H][nsplit][dm][ldT] */
     const int64_t C = p->H * p->d, d = p->d, T = p->T, S = p->S;
-    const int64_t items = p->B * p->H * pl.nsplit, dqsz = g.dm * g.Tp;
+    const int64_t items = p->B * p->H * pl.nsplit, dqsz = g.dm * g.ldT;
 #pragma omp parallel num_threads(p->nthreads)
     {
         bwd_ws w;
@@ -1027,9 +1063,9 @@ void ap_attn_backward(const ap_attn_problem *p, const float *q, const float *k, 
             if (g.bf16) {
                 pack_rows_bf16(kh + jb * C, C, nkr, pl.Si, d, g.dk, w.Kp);
                 if (w.Vp) pack_rows_bf16(vh + jb * C, C, nkr, pl.Si, d, g.dk, w.Vp);
-                if (w.Kt) pack_t_rows_bf16(kh + jb * C, C, nkr, pl.Si, d, g.dm, w.Kt);
+                if (w.Kt) pack_t_rows_bf16(kh + jb * C, C, nkr, pl.Si, d, g.dm, w.Kt, pl.ldK);
             } else if (w.Kt) {
-                pack_t_rows_f32(kh + jb * C, C, nkr, pl.Si, d, g.dm, w.Kt);
+                pack_t_rows_f32(kh + jb * C, C, nkr, pl.Si, d, g.dm, w.Kt, pl.ldK);
             }
             float *dQt = pl.need_q ? (dQp ? dQp + it * dqsz : w.dQt) : NULL;
             if (dQt) memset(dQt, 0, (size_t)dqsz * 4);
@@ -1039,11 +1075,11 @@ void ap_attn_backward(const ap_attn_problem *p, const float *q, const float *k, 
                 if (w.dVacc) memset(w.dVacc, 0, (size_t)BC * g.dn * 4);
                 int64_t qstart = p->causal ? j0 / BR : 0;
                 for (int64_t qb = qstart; qb < g.nqb; qb++)
-                    bwd_tile(&g, p, &pl, &w, kh, vh, dQt, g.Tp, j0 - jb, nk, j0, qb);
+                    bwd_tile(&g, p, &pl, &w, kh, vh, dQt, g.ldT, j0 - jb, nk, j0, qb);
                 if (dk) write_rows(dk + hoff_k + j0 * C, C, w.dKacc, g.dn, nk, d, beta_k);
                 if (dv) write_rows(dv + hoff_k + j0 * C, C, w.dVacc, g.dn, nk, d, beta_v);
             }
-            if (dq && !dQp) write_rows_t(dq + hoff_q, C, dQt, g.Tp, T, d, beta_q);
+            if (dq && !dQp) write_rows_t(dq + hoff_q, C, dQt, g.ldT, T, d, beta_q);
         }
         if (g.amx && ap_attn_isa_get() == AP_ATTN_ISA_AMX) amx_release();
         if (dq && dQp) {
@@ -1058,7 +1094,7 @@ void ap_attn_backward(const ap_attn_problem *p, const float *q, const float *k, 
                     for (int64_t c = 0; c < d; c++) {
                         float s = 0;
                         for (int64_t sp = 0; sp < pl.nsplit; sp++)
-                            s += part[sp * dqsz + c * g.Tp + i0 + i];
+                            s += part[sp * dqsz + c * g.ldT + i0 + i];
                         dst[i * C + c] = beta_q != 0.0f ? dst[i * C + c] + s : s;
                     }
             }
