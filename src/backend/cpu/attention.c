@@ -122,7 +122,7 @@ const char *ap_attn_isa_name(ap_attn_isa isa) {
 
 /* ================================================================ f32 GEMM
  * C[M][N] = mode 0: A.B;  1: C + A.B;  2: cs (.) C + A.B (cs per column).
- * N is a multiple of 16. Mode 0 never reads C. */
+ * N is a multiple of 8 (16 for AMX). Mode 0 never reads C. */
 typedef void (*gemm_f32_fn)(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                             const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
                             const float *cs);
@@ -141,29 +141,37 @@ static void gemm_f32_generic(int64_t M, int64_t N, int64_t K, const float *A, in
     }
 }
 
-/* The register-blocked micro-kernel: MR rows of C by NR vectors of 16. MR and
- * NR are constants after inlining, so acc[][] lives in registers. */
-INLINE AVX512 void mk_f32(const int MR, const int NR, int64_t K, const float *restrict A,
-                          int64_t lda, const float *restrict B, int64_t ldb, float *restrict C,
-                          int64_t ldc, int mode, const float *cs) {
+/* The register-blocked micro-kernel: MR rows of C by NR vectors of 16, plus
+ * (HALF) one column of 8 lanes, so that d = 40 costs 40 lanes, not 48. MR, NR
+ * and HALF are constants after inlining, so the accumulators live in
+ * registers. */
+INLINE AVX512 void mk_f32(const int MR, const int NR, const int HALF, int64_t K,
+                          const float *restrict A, int64_t lda, const float *restrict B,
+                          int64_t ldb, float *restrict C, int64_t ldc, int mode, const float *cs) {
     __m512 acc[12][4];
+    __m256 acch[12];
 #pragma GCC unroll 12
-    for (int m = 0; m < MR; m++)
+    for (int m = 0; m < MR; m++) {
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++) acc[m][n] = _mm512_setzero_ps();
+        if (HALF) acch[m] = _mm256_setzero_ps();
+    }
     for (int64_t k = 0; k < K; k++) {
         __m512 b[4];
+        __m256 bh = _mm256_setzero_ps();
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++) b[n] = _mm512_loadu_ps(B + k * ldb + 16 * n);
+        if (HALF) bh = _mm256_loadu_ps(B + k * ldb + 16 * NR);
 #pragma GCC unroll 12
         for (int m = 0; m < MR; m++) {
             __m512 a = _mm512_set1_ps(A[m * lda + k]);
 #pragma GCC unroll 4
             for (int n = 0; n < NR; n++) acc[m][n] = _mm512_fmadd_ps(a, b[n], acc[m][n]);
+            if (HALF) acch[m] = _mm256_fmadd_ps(_mm512_castps512_ps256(a), bh, acch[m]);
         }
     }
 #pragma GCC unroll 12
-    for (int m = 0; m < MR; m++)
+    for (int m = 0; m < MR; m++) {
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++) {
             float *c = C + m * ldc + 16 * n;
@@ -174,21 +182,37 @@ INLINE AVX512 void mk_f32(const int MR, const int NR, int64_t K, const float *re
                 r = _mm512_fmadd_ps(_mm512_loadu_ps(c), _mm512_loadu_ps(cs + 16 * n), r);
             _mm512_storeu_ps(c, r);
         }
+        if (HALF) {
+            float *c = C + m * ldc + 16 * NR;
+            __m256 r = acch[m];
+            if (mode == 1)
+                r = _mm256_add_ps(_mm256_loadu_ps(c), r);
+            else if (mode == 2)
+                r = _mm256_fmadd_ps(_mm256_loadu_ps(c), _mm256_loadu_ps(cs + 16 * NR), r);
+            _mm256_storeu_ps(c, r);
+        }
+    }
 }
 
 /* The bf16 twin: A row-major bf16 [M][2*K2], B pairs [K2][N] (32-bit words). */
-INLINE AVX512BF16 void mk_bf16(const int MR, const int NR, int64_t K2, const uint16_t *restrict A,
-                               int64_t lda, const uint32_t *restrict B, int64_t ldb,
-                               float *restrict C, int64_t ldc, int mode, const float *cs) {
+INLINE AVX512BF16 void mk_bf16(const int MR, const int NR, const int HALF, int64_t K2,
+                               const uint16_t *restrict A, int64_t lda,
+                               const uint32_t *restrict B, int64_t ldb, float *restrict C,
+                               int64_t ldc, int mode, const float *cs) {
     __m512 acc[12][4];
+    __m256 acch[12];
 #pragma GCC unroll 12
-    for (int m = 0; m < MR; m++)
+    for (int m = 0; m < MR; m++) {
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++) acc[m][n] = _mm512_setzero_ps();
+        if (HALF) acch[m] = _mm256_setzero_ps();
+    }
     for (int64_t p = 0; p < K2; p++) {
         __m512i b[4];
+        __m256i bh = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++) b[n] = _mm512_loadu_si512(B + p * ldb + 16 * n);
+        if (HALF) bh = _mm256_loadu_si256((const __m256i *)(B + p * ldb + 16 * NR));
 #pragma GCC unroll 12
         for (int m = 0; m < MR; m++) {
             int32_t w;
@@ -197,10 +221,12 @@ INLINE AVX512BF16 void mk_bf16(const int MR, const int NR, int64_t K2, const uin
 #pragma GCC unroll 4
             for (int n = 0; n < NR; n++)
                 acc[m][n] = _mm512_dpbf16_ps(acc[m][n], (__m512bh)a, (__m512bh)b[n]);
+            if (HALF)
+                acch[m] = _mm256_dpbf16_ps(acch[m], (__m256bh)_mm512_castsi512_si256(a), (__m256bh)bh);
         }
     }
 #pragma GCC unroll 12
-    for (int m = 0; m < MR; m++)
+    for (int m = 0; m < MR; m++) {
 #pragma GCC unroll 4
         for (int n = 0; n < NR; n++) {
             float *c = C + m * ldc + 16 * n;
@@ -211,46 +237,57 @@ INLINE AVX512BF16 void mk_bf16(const int MR, const int NR, int64_t K2, const uin
                 r = _mm512_fmadd_ps(_mm512_loadu_ps(c), _mm512_loadu_ps(cs + 16 * n), r);
             _mm512_storeu_ps(c, r);
         }
+        if (HALF) {
+            float *c = C + m * ldc + 16 * NR;
+            __m256 r = acch[m];
+            if (mode == 1)
+                r = _mm256_add_ps(_mm256_loadu_ps(c), r);
+            else if (mode == 2)
+                r = _mm256_fmadd_ps(_mm256_loadu_ps(c), _mm256_loadu_ps(cs + 16 * NR), r);
+            _mm256_storeu_ps(c, r);
+        }
+    }
 }
 
 /* Instantiations: NR = 4 up to 6 rows, 3 up to 8, 2 and 1 up to 12 (24 or
- * fewer accumulators, leaving registers for B and the broadcast). */
+ * fewer accumulators, leaving registers for B and the broadcast); with a
+ * half column (H) the same by the number of columns it adds up to. */
 #define MK_ARGS_F32                                                                               \
     int64_t K, const float *A, int64_t lda, const float *B, int64_t ldb, float *C, int64_t ldc,   \
         int mode, const float *cs
 #define MK_ARGS_BF16                                                                              \
     int64_t K, const uint16_t *A, int64_t lda, const uint32_t *B, int64_t ldb, float *C,          \
         int64_t ldc, int mode, const float *cs
-#define DEF_F32(MR, NR)                                                                           \
-    static AVX512 void kf32_##MR##_##NR(MK_ARGS_F32) {                                            \
-        mk_f32(MR, NR, K, A, lda, B, ldb, C, ldc, mode, cs);                                      \
+#define DEF_F32(MR, NR, H)                                                                        \
+    static AVX512 void kf32_##MR##_##NR##_##H(MK_ARGS_F32) {                                      \
+        mk_f32(MR, NR, H, K, A, lda, B, ldb, C, ldc, mode, cs);                                   \
     }
-#define DEF_BF16(MR, NR)                                                                          \
-    static AVX512BF16 void kbf16_##MR##_##NR(MK_ARGS_BF16) {                                      \
-        mk_bf16(MR, NR, K, A, lda, B, ldb, C, ldc, mode, cs);                                     \
+#define DEF_BF16(MR, NR, H)                                                                       \
+    static AVX512BF16 void kbf16_##MR##_##NR##_##H(MK_ARGS_BF16) {                                \
+        mk_bf16(MR, NR, H, K, A, lda, B, ldb, C, ldc, mode, cs);                                  \
     }
-#define ROWS6(D, NR) D(1, NR) D(2, NR) D(3, NR) D(4, NR) D(5, NR) D(6, NR)
-#define ROWS8(D, NR) ROWS6(D, NR) D(7, NR) D(8, NR)
-#define ROWS12(D, NR) ROWS8(D, NR) D(9, NR) D(10, NR) D(11, NR) D(12, NR)
-ROWS12(DEF_F32, 1)
-ROWS12(DEF_F32, 2)
-ROWS8(DEF_F32, 3)
-ROWS6(DEF_F32, 4)
-ROWS12(DEF_BF16, 1)
-ROWS12(DEF_BF16, 2)
-ROWS8(DEF_BF16, 3)
-ROWS6(DEF_BF16, 4)
+#define ROWS6(D, NR, H) D(1, NR, H) D(2, NR, H) D(3, NR, H) D(4, NR, H) D(5, NR, H) D(6, NR, H)
+#define ROWS8(D, NR, H) ROWS6(D, NR, H) D(7, NR, H) D(8, NR, H)
+#define ROWS12(D, NR, H) ROWS8(D, NR, H) D(9, NR, H) D(10, NR, H) D(11, NR, H) D(12, NR, H)
+#define ALL_KERNELS(D)                                                                            \
+    ROWS12(D, 1, 0) ROWS12(D, 2, 0) ROWS8(D, 3, 0) ROWS6(D, 4, 0)                                 \
+    ROWS12(D, 0, 1) ROWS12(D, 1, 1) ROWS8(D, 2, 1) ROWS6(D, 3, 1)
+ALL_KERNELS(DEF_F32)
+ALL_KERNELS(DEF_BF16)
 
 typedef void (*mk_f32_fn)(MK_ARGS_F32);
 typedef void (*mk_bf16_fn)(MK_ARGS_BF16);
-#define P6(P, NR) P##_1_##NR, P##_2_##NR, P##_3_##NR, P##_4_##NR, P##_5_##NR, P##_6_##NR
-#define P8(P, NR) P6(P, NR), P##_7_##NR, P##_8_##NR
-#define P12(P, NR) P8(P, NR), P##_9_##NR, P##_10_##NR, P##_11_##NR, P##_12_##NR
-static const mk_f32_fn tab_f32[5][13] = {
-    {0}, {0, P12(kf32, 1)}, {0, P12(kf32, 2)}, {0, P8(kf32, 3)}, {0, P6(kf32, 4)}};
-static const mk_bf16_fn tab_bf16[5][13] = {
-    {0}, {0, P12(kbf16, 1)}, {0, P12(kbf16, 2)}, {0, P8(kbf16, 3)}, {0, P6(kbf16, 4)}};
-static const int mr_max[5] = {0, 12, 12, 8, 6};
+#define P6(P, NR, H) P##_1_##NR##_##H, P##_2_##NR##_##H, P##_3_##NR##_##H, P##_4_##NR##_##H,       \
+                     P##_5_##NR##_##H, P##_6_##NR##_##H
+#define P8(P, NR, H) P6(P, NR, H), P##_7_##NR##_##H, P##_8_##NR##_##H
+#define P12(P, NR, H) P8(P, NR, H), P##_9_##NR##_##H, P##_10_##NR##_##H, P##_11_##NR##_##H,       \
+                      P##_12_##NR##_##H
+#define TABLE(P)                                                                                  \
+    {{{0}, {0, P12(P, 1, 0)}, {0, P12(P, 2, 0)}, {0, P8(P, 3, 0)}, {0, P6(P, 4, 0)}},             \
+     {{0, P12(P, 0, 1)}, {0, P12(P, 1, 1)}, {0, P8(P, 2, 1)}, {0, P6(P, 3, 1)}, {0}}}
+static const mk_f32_fn tab_f32[2][5][13] = TABLE(kf32);
+static const mk_bf16_fn tab_bf16[2][5][13] = TABLE(kbf16);
+static const int mr_max[2][5] = {{0, 12, 12, 8, 6}, {12, 12, 8, 6, 0}};
 
 /* Splits N into chunks of at most 4 vectors, evening them out (5 -> 3+2). */
 static inline int nr_chunk(int64_t nvec_left) {
@@ -259,18 +296,33 @@ static inline int nr_chunk(int64_t nvec_left) {
     return (int)((nvec_left + chunks - 1) / chunks);
 }
 
+/* Walks N (a multiple of 8) in register-block chunks: full vectors, with a
+ * trailing half vector joined to the last chunk when it has room. */
+#define FOR_CHUNKS(N, BODY)                                                                       \
+    do {                                                                                          \
+        int64_t nv_ = (N) / 16, n0 = 0;                                                           \
+        int half_ = ((N) % 16) != 0;                                                              \
+        while (nv_ > 0 || half_) {                                                                \
+            int nr = nv_ > 0 ? nr_chunk(nv_) : 0, h = 0;                                          \
+            if (half_ && nv_ == nr && nr <= 3) h = 1;                                             \
+            BODY;                                                                                 \
+            n0 += 16 * nr + 8 * h;                                                                \
+            nv_ -= nr;                                                                            \
+            if (h) half_ = 0;                                                                     \
+        }                                                                                         \
+    } while (0)
+
 static void gemm_f32_avx512(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                             const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
                             const float *cs) {
-    for (int64_t n0 = 0; n0 < N;) {
-        int nr = nr_chunk((N - n0) / 16), mmax = mr_max[nr];
+    FOR_CHUNKS(N, {
+        int mmax = mr_max[h][nr];
         for (int64_t m0 = 0; m0 < M; m0 += mmax) {
             int mr = (int)imin(mmax, M - m0);
-            tab_f32[nr][mr](K, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc, mode,
-                            cs ? cs + n0 : NULL);
+            tab_f32[h][nr][mr](K, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc, mode,
+                               cs ? cs + n0 : NULL);
         }
-        n0 += 16 * nr;
-    }
+    });
 }
 
 /* ================================================================ bf16 GEMM
@@ -282,15 +334,14 @@ typedef void (*gemm_bf16_fn)(int64_t M, int64_t N, int64_t K2, const uint16_t *A
 static void gemm_bf16_dp(int64_t M, int64_t N, int64_t K2, const uint16_t *A, int64_t lda,
                          const uint32_t *B, int64_t ldb, float *C, int64_t ldc, int mode,
                          const float *cs) {
-    for (int64_t n0 = 0; n0 < N;) {
-        int nr = nr_chunk((N - n0) / 16), mmax = mr_max[nr];
+    FOR_CHUNKS(N, {
+        int mmax = mr_max[h][nr];
         for (int64_t m0 = 0; m0 < M; m0 += mmax) {
             int mr = (int)imin(mmax, M - m0);
-            tab_bf16[nr][mr](K2, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc, mode,
-                             cs ? cs + n0 : NULL);
+            tab_bf16[h][nr][mr](K2, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc, mode,
+                                cs ? cs + n0 : NULL);
         }
-        n0 += 16 * nr;
-    }
+    });
 }
 
 /* ---------------------------------------------------------------- AMX
@@ -685,7 +736,8 @@ typedef struct {
     gemm_bf16_fn gb;     /* bf16 products */
     int64_t dk;          /* d padded for the products that reduce over d */
     int64_t dm;          /* d padded as the M of [d][*] products */
-    int64_t dn;          /* d padded as the N of [*][d] products (16) */
+    int64_t dn;          /* d padded to 16: row stride of the [*][d] buffers */
+    int64_t nd;          /* d padded as the N of [*][d] products (8, AMX 16) */
     int64_t kunit;       /* reductions over keys or queries padded to this */
     int64_t munit;       /* M over keys padded to this */
     int64_t Tp, Sp;      /* T, S padded to whole tiles */
@@ -708,6 +760,7 @@ static cfg_t make_cfg(const ap_attn_problem *p) {
     g.dk = g.amx ? rup(d, 32) : g.bf16 ? rup(d, 2) : d;
     g.dm = g.amx ? rup(d, 16) : d;
     g.dn = rup(d, 16);
+    g.nd = g.amx ? g.dn : rup(d, 8);
     g.kunit = g.amx ? 32 : g.bf16 ? 2 : 1;
     g.munit = g.amx ? 16 : 1;
     g.Tp = rup(p->T, BR);
@@ -988,10 +1041,10 @@ static void bwd_tile(const cfg_t *g, const ap_attn_problem *p, const bwd_plan *p
         bwd_elem_bf16(w->St, w->dPt, nk, imax(nkp, mk), w->lse + i0, w->D + i0, p->scale, w->Pb,
                       w->dSb, w->dSv);
         if (pl->need_v)
-            g->gb(mk, g->dn, nqp / 2, w->Pb, BR, (const uint32_t *)w->dOr + (i0 / 2) * g->dn,
+            g->gb(mk, g->nd, nqp / 2, w->Pb, BR, (const uint32_t *)w->dOr + (i0 / 2) * g->dn,
                   g->dn, w->dVacc, g->dn, 1, NULL);
         if (pl->need_k)
-            g->gb(mk, g->dn, nqp / 2, w->dSb, BR, (const uint32_t *)w->Qr + (i0 / 2) * g->dn,
+            g->gb(mk, g->nd, nqp / 2, w->dSb, BR, (const uint32_t *)w->Qr + (i0 / 2) * g->dn,
                   g->dn, w->dKacc, g->dn, 1, NULL);
         if (pl->need_q)
             g->gb(g->dm, BR, nkp / 2, (const uint16_t *)w->Kt + jl, pl->ldK,
@@ -1005,10 +1058,10 @@ static void bwd_tile(const cfg_t *g, const ap_attn_problem *p, const bwd_plan *p
         else
             bwd_elem_generic(w->St, need_ds ? w->dPt : NULL, nk, w->lse + i0, w->D + i0, p->scale);
         if (pl->need_v)
-            g->gf(nk, g->dn, nq, w->St, BR, (const float *)w->dOr + i0 * g->dn, g->dn, w->dVacc,
+            g->gf(nk, g->nd, nq, w->St, BR, (const float *)w->dOr + i0 * g->dn, g->dn, w->dVacc,
                   g->dn, 1, NULL);
         if (pl->need_k)
-            g->gf(nk, g->dn, nq, w->dPt, BR, (const float *)w->Qr + i0 * g->dn, g->dn, w->dKacc,
+            g->gf(nk, g->nd, nq, w->dPt, BR, (const float *)w->Qr + i0 * g->dn, g->dn, w->dKacc,
                   g->dn, 1, NULL);
         if (pl->need_q)
             g->gf(d, BR, nk, (const float *)w->Kt + jl, pl->ldK, w->dPt, BR, dQt + i0, ldq, 1,
