@@ -58,14 +58,6 @@ static inline int64_t rup(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 static inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
 
-static inline uint16_t f2bf(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
 /* ================================================================ ISA */
 static int g_isa_best = -1, g_isa = -1;
 
@@ -686,13 +678,6 @@ static void pack_t_f32(const float *x, int64_t ld, int64_t n, int64_t d, float s
     }
 }
 
-/* bf16 pairs along channels: out [dk/2][BR][2] = s*x[i][c]. */
-static void pack_cpairs_bf16(const float *x, int64_t ld, int64_t n, int64_t d, int64_t dk,
-                             float s, uint16_t *out) {
-    for (int64_t c = 0; c < dk; c++)
-        for (int64_t i = 0; i < BR; i++)
-            out[(c / 2) * BR * 2 + i * 2 + (c & 1)] = (i < n && c < d) ? f2bf(s * x[i * ld + c]) : 0;
-}
 
 /* f32 rows padded to dn columns: out [np][dn]. */
 static void pack_rows_f32(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
@@ -701,31 +686,80 @@ static void pack_rows_f32(const float *x, int64_t ld, int64_t n, int64_t np, int
         for (int64_t c = 0; c < dn; c++) out[i * dn + c] = (i < n && c < d) ? x[i * ld + c] : 0.0f;
 }
 
-/* bf16 rows padded to dk columns: out [np][dk]. */
-static void pack_rows_bf16(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
-                           int64_t dk, uint16_t *out) {
-    for (int64_t i = 0; i < np; i++)
-        for (int64_t c = 0; c < dk; c++) out[i * dk + c] = (i < n && c < d) ? f2bf(x[i * ld + c]) : 0;
-}
 
-/* bf16 pairs along rows: out [np/2][dn][2]. */
-static void pack_rpairs_bf16(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
-                             int64_t dn, uint16_t *out) {
-    for (int64_t i = 0; i < np; i++)
-        for (int64_t c = 0; c < dn; c++)
-            out[(i / 2) * dn * 2 + c * 2 + (i & 1)] = (i < n && c < d) ? f2bf(x[i * ld + c]) : 0;
-}
 
-/* Transposed: out [dm][np] (row stride ldo), f32 or bf16. */
+/* Transposed: out [dm][np] (row stride ldo). */
 static void pack_t_rows_f32(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
                             int64_t dm, float *out, int64_t ldo) {
     for (int64_t c = 0; c < dm; c++)
         for (int64_t i = 0; i < np; i++) out[c * ldo + i] = (i < n && c < d) ? x[i * ld + c] : 0.0f;
 }
-static void pack_t_rows_bf16(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
-                             int64_t dm, uint16_t *out, int64_t ldo) {
+
+/* bf16 packs (the bf16 path always has AVX512-BF16); conversions round to
+ * nearest even; gathers read the strided columns. */
+INLINE AVX512BF16 __m512 gather_col(const float *x, int64_t ld, int64_t n, int64_t i0) {
+    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                     _mm512_set1_epi32((int)ld));
+    int64_t left = n - i0;
+    __mmask16 k = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, x + (left > 0 ? i0 * ld : 0), 4);
+}
+
+/* Pairs along channels: out [dk/2][BR][2] = s*x[i][c]. */
+static AVX512BF16 void pack_cpairs_bf16(const float *x, int64_t ld, int64_t n, int64_t d,
+                                          int64_t dk, float s, uint16_t *out) {
+    __m512 sv = _mm512_set1_ps(s);
+    for (int64_t c = 0; c < dk; c += 2)
+        for (int64_t i = 0; i < BR; i += 16) {
+            __m512 a = c < d ? _mm512_mul_ps(sv, gather_col(x + c, ld, n, i)) : _mm512_setzero_ps();
+            __m512 b = c + 1 < d ? _mm512_mul_ps(sv, gather_col(x + c + 1, ld, n, i)) : _mm512_setzero_ps();
+            _mm512_storeu_si512(out + (c / 2) * BR * 2 + i * 2, pair_bf16(a, b));
+        }
+}
+
+/* Transposed: out [dm][np] (row stride ldo). */
+static AVX512BF16 void pack_t_rows_bf16(const float *x, int64_t ld, int64_t n, int64_t np,
+                                          int64_t d, int64_t dm, uint16_t *out, int64_t ldo) {
     for (int64_t c = 0; c < dm; c++)
-        for (int64_t i = 0; i < np; i++) out[c * ldo + i] = (i < n && c < d) ? f2bf(x[i * ld + c]) : 0;
+        for (int64_t i = 0; i < np; i += 16) {
+            __m512 a = c < d ? gather_col(x + c, ld, n, i) : _mm512_setzero_ps();
+            __m256i r = (__m256i)_mm512_cvtneps_pbh(a);
+            if (np - i >= 16)
+                _mm256_storeu_si256((__m256i *)(out + c * ldo + i), r);
+            else
+                _mm256_mask_storeu_epi16(out + c * ldo + i, (__mmask16)((1u << (np - i)) - 1), r);
+        }
+}
+
+INLINE AVX512BF16 __m512 load_row(const float *x, int64_t d, int64_t c) {
+    int64_t left = d - c;
+    __mmask16 k = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
+    return _mm512_maskz_loadu_ps(k, x + (left > 0 ? c : 0));
+}
+
+/* Rows padded to dk columns: out [np][dk]. */
+static AVX512BF16 void pack_rows_bf16(const float *x, int64_t ld, int64_t n, int64_t np,
+                                        int64_t d, int64_t dk, uint16_t *out) {
+    for (int64_t i = 0; i < np; i++)
+        for (int64_t c = 0; c < dk; c += 16) {
+            __m512 a = i < n ? load_row(x + i * ld, d, c) : _mm512_setzero_ps();
+            __m256i r = (__m256i)_mm512_cvtneps_pbh(a);
+            if (dk - c >= 16)
+                _mm256_storeu_si256((__m256i *)(out + i * dk + c), r);
+            else
+                _mm256_mask_storeu_epi16(out + i * dk + c, (__mmask16)((1u << (dk - c)) - 1), r);
+        }
+}
+
+/* Pairs along rows: out [np/2][dn][2]. */
+static AVX512BF16 void pack_rpairs_bf16(const float *x, int64_t ld, int64_t n, int64_t np,
+                                          int64_t d, int64_t dn, uint16_t *out) {
+    for (int64_t i = 0; i < np; i += 2)
+        for (int64_t c = 0; c < dn; c += 16) {
+            __m512 a = i < n ? load_row(x + i * ld, d, c) : _mm512_setzero_ps();
+            __m512 b = i + 1 < n ? load_row(x + (i + 1) * ld, d, c) : _mm512_setzero_ps();
+            _mm512_storeu_si512(out + (i / 2) * dn * 2 + c * 2, pair_bf16(a, b));
+        }
 }
 
 /* ================================================================ configuration */
