@@ -489,6 +489,28 @@ static void test_errors(ap_ctx *c) {
     expect_error(c, ap_attention(c, q, NULL, k, 2, 0, 0), AP_ERR_INVALID_ARG, "k is NULL");
     expect_error(c, ap_attention(c, q, kb, k, 2, 0, 0), AP_ERR_DTYPE, "bf16");
     expect_error(c, ap_attention(c, q, k, k, 2, NAN, 0), AP_ERR_INVALID_ARG, "scale");
+    /* no queries: an empty output, and zero gradients for k and v */
+    {
+        ap_tensor *q0 = test_rand(c, &r, 3, (int64_t[]){2, 0, 12}, -1, 1);
+        ap_tensor *kk = test_rand_leaf(c, &r, 3, (int64_t[]){2, 7, 12}, -1, 1);
+        ap_tensor *vv = test_rand_leaf(c, &r, 3, (int64_t[]){2, 7, 12}, -1, 1);
+        ap_tensor *y0 = ap_attention(c, q0, kk, vv, 3, 0, 0);
+        CHECK_OK(c);
+        CHECK(y0 && ap_tensor_numel(y0) == 0);
+        ap_tensor *g0 = ap_tensor_new(c, AP_F32, 3, (int64_t[]){2, 0, 12});
+        CHECK(ap_backward(c, y0, g0) == AP_OK);
+        ap_tensor *gs[2] = {ap_tensor_grad(kk), ap_tensor_grad(vv)};
+        for (int i = 0; i < 2; i++) {
+            int zero = gs[i] != NULL;
+            for (int64_t j = 0; gs[i] && j < ap_tensor_numel(gs[i]); j++) zero &= ((const float *)ap_tensor_cdata(gs[i]))[j] == 0.0f;
+            CHECK_MSG(zero, "no queries: gradient %d is zero", i);
+        }
+        ap_tensor *zs[] = {q0, kk, vv, y0, g0};
+        for (size_t i = 0; i < 5; i++) ap_tensor_release(zs[i]);
+    }
+    ap_tensor *qz = test_rand(c, &r, 3, (int64_t[]){2, 5, 0}, -1, 1);
+    expect_error(c, ap_attention(c, qz, qz, qz, 1, 0, 0), AP_ERR_SHAPE, "no channels");
+    ap_tensor_release(qz);
     /* sticky: after an error, a valid call also returns NULL */
     CHECK(ap_attention(c, q, k, k, 5, 0, 0) == NULL);
     CHECK(ap_attention(c, q, k, k, 2, 0, 0) == NULL);

@@ -46,7 +46,12 @@ static void attention_backward(ap_ctx *c, ap_node *n) {
     ap_tensor *gq = nq ? ap_grad_acc(c, n, ATT_Q, &bq) : NULL;
     ap_tensor *gk = nk ? ap_grad_acc(c, n, ATT_K, &bk) : NULL;
     ap_tensor *gv = nv ? ap_grad_acc(c, n, ATT_V, &bv) : NULL;
-    if (!ap_failed(c))
+    if (!ap_failed(c) && p.T == 0) { /* no queries: the keys and values got no gradient */
+        ap_tensor *acc[2] = {gk, gv};
+        float beta[2] = {bk, bv};
+        for (int i = 0; i < 2; i++)
+            if (acc[i] && beta[i] == 0.0f) memset(ap_data(acc[i]), 0, (size_t)acc[i]->numel * 4);
+    } else if (!ap_failed(c))
         ap_attn_backward(&p, ap_cf32(n->saved[0]), ap_cf32(n->saved[1]), ap_cf32(n->saved[2]),
                          ap_cf32(n->saved[3]), ap_cf32(n->saved[4]), ap_cf32(gy),
                          gq ? ap_f32(gq) : NULL, bq, gk ? ap_f32(gk) : NULL, bk,
@@ -74,7 +79,11 @@ ap_tensor *ap_attention(ap_ctx *c, ap_tensor *q, ap_tensor *k, ap_tensor *v, int
         return NULL;
     }
     int64_t C = q->shape[2];
-    if (C % heads != 0 || C == 0) {
+    if (C == 0) {
+        ap_seterr(c, AP_ERR_SHAPE, "attention: q %s has no channels", ap_shape_str(q, a, sizeof a));
+        return NULL;
+    }
+    if (C % heads != 0) {
         ap_seterr(c, AP_ERR_SHAPE, "attention: q has %lld channels, not divisible by %d heads",
                   (long long)C, heads);
         return NULL;
