@@ -191,6 +191,8 @@ static void test_paths_bf16(ap_ctx *c) {
             check_against_reference(c, label, &shapes[i], all, 2e-2, 3e-2, 200 + i);
         }
     }
+    CHECK_MSG(ap_attn_amx_emu_faults() == 0, "the AMX tile model saw %d rule violations",
+              ap_attn_amx_emu_faults());
     ap_attn_isa_set(ap_attn_isa_best());
     ap_set_precision(c, AP_PREC_F32);
 }

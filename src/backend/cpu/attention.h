@@ -64,5 +64,8 @@ ap_attn_isa ap_attn_isa_get(void);
  * tests and benchmarks, between calls. */
 ap_attn_isa ap_attn_isa_set(ap_attn_isa isa);
 const char *ap_attn_isa_name(ap_attn_isa isa);
+/* Tile-rule violations the AMX model has seen (a tile used before its
+ * configuration, mismatched tile shapes, unpadded operands); 0 when correct. */
+int ap_attn_amx_emu_faults(void);
 
 #endif
