@@ -45,7 +45,7 @@
 #include <unistd.h>
 
 #define BR 64 /* queries per tile: 4 vectors of 16 lanes */
-#define BC 64 /* keys per tile */
+#define BC 64 /* keys per tile (a shorter S, up to 2*BC, is one tile) */
 #define NV (BR / 16)
 #define LOG2E 1.4426950408889634f
 
@@ -706,7 +706,7 @@ static void causal_mask(float *St, int64_t nk, int64_t i0, int64_t j0) {
  * ld is the row stride (H*d). Padding is zero. */
 
 /* f32 X^T for rows r0..r0+n-1, times s: out [d][BR]. */
-static void pack_t_f32(const float *x, int64_t ld, int64_t n, int64_t d, float s, float *out,
+static void pack_t_f32_generic(const float *x, int64_t ld, int64_t n, int64_t d, float s, float *out,
                        int64_t ldo) {
     for (int64_t c = 0; c < d; c++) {
         for (int64_t i = 0; i < n; i++) out[c * ldo + i] = s * x[i * ld + c];
@@ -725,77 +725,194 @@ static void pack_rows_f32(const float *x, int64_t ld, int64_t n, int64_t np, int
 
 
 /* Transposed: out [dm][np] (row stride ldo). */
-static void pack_t_rows_f32(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
+static void pack_t_rows_f32_generic(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
                             int64_t dm, float *out, int64_t ldo) {
     for (int64_t c = 0; c < dm; c++)
         for (int64_t i = 0; i < np; i++) out[c * ldo + i] = (i < n && c < d) ? x[i * ld + c] : 0.0f;
 }
 
-/* bf16 packs (the bf16 path always has AVX512-BF16); conversions round to
- * nearest even; gathers read the strided columns. */
-INLINE AVX512BF16 __m512 gather_col(const float *x, int64_t ld, int64_t n, int64_t i0) {
-    __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                     _mm512_set1_epi32((int)ld));
-    int64_t left = n - i0;
-    __mmask16 k = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
-    return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), k, idx, x + (left > 0 ? i0 * ld : 0), 4);
+/* In-register transpose of 16 vectors of 16 32-bit lanes: r[i][j] -> r[j][i]
+ * (32-bit, then 64-bit interleaves within 128-bit lanes, then two rounds of
+ * 128-bit lane shuffles). */
+INLINE AVX512 void transpose16(__m512i r[16]) {
+    __m512i t[16];
+#pragma GCC unroll 8
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+#pragma GCC unroll 4
+    for (int i = 0; i < 16; i += 4) { /* r[i + e]: column 4L+e of rows i..i+3, in lane L */
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+#pragma GCC unroll 4
+    for (int e = 0; e < 4; e++) {
+        __m512i v0 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0x44), v1 = _mm512_shuffle_i32x4(r[e], r[4 + e], 0xee);
+        __m512i w0 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0x44), w1 = _mm512_shuffle_i32x4(r[8 + e], r[12 + e], 0xee);
+        t[e] = _mm512_shuffle_i32x4(v0, w0, 0x88);
+        t[4 + e] = _mm512_shuffle_i32x4(v0, w0, 0xdd);
+        t[8 + e] = _mm512_shuffle_i32x4(v1, w1, 0x88);
+        t[12 + e] = _mm512_shuffle_i32x4(v1, w1, 0xdd);
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
-/* Pairs along channels: out [dk/2][BR][2] = s*x[i][c]. */
+static inline __mmask16 mask_first(int64_t n) {
+    return n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1);
+}
+
+/* Channels c..c+15 of a row of d floats (zero beyond d). */
+INLINE AVX512 __m512 load_row(const float *x, int64_t d, int64_t c) {
+    __mmask16 k = mask_first(d - c);
+    return _mm512_maskz_loadu_ps(k, x + (k ? c : 0));
+}
+
+/* Loads the 16x16 block at rows i0.., channels c0.. of x (zero outside n x d)
+ * and transposes it: r[c] = channel c0+c of rows i0..i0+15, times s. */
+INLINE AVX512 void load_block_t(const float *x, int64_t ld, int64_t n, int64_t d, int64_t i0,
+                                int64_t c0, float s, __m512i r[16]) {
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; k++)
+        r[k] = _mm512_castps_si512(i0 + k < n ? _mm512_mul_ps(_mm512_set1_ps(s), load_row(x + (i0 + k) * ld, d, c0))
+                                              : _mm512_setzero_ps());
+    transpose16(r);
+}
+
+/* f32 X^T for rows 0..n-1, times s: out [d][ldo] (columns n..ldo-1 zero;
+ * ldo a multiple of 16). */
+static AVX512 void pack_t_f32_avx512(const float *x, int64_t ld, int64_t n, int64_t d, float s,
+                                     float *out, int64_t ldo) {
+    __m512i r[16];
+    for (int64_t i0 = 0; i0 < ldo; i0 += 16)
+        for (int64_t c0 = 0; c0 < d; c0 += 16) {
+            load_block_t(x, ld, n, d, i0, c0, s, r);
+            for (int64_t c = 0; c < imin(16, d - c0); c++)
+                _mm512_storeu_si512(out + (c0 + c) * ldo + i0, r[c]);
+        }
+}
+
+/* Pairs along channels: out [dk/2][BR][2] = s*x[i][c]. Converting 32
+ * channels of a row gives 16 words that are already (c, c+1) pairs; a 16x16
+ * transpose of the words puts queries in lanes. */
 static AVX512BF16 void pack_cpairs_bf16(const float *x, int64_t ld, int64_t n, int64_t d,
-                                          int64_t dk, float s, uint16_t *out) {
+                                        int64_t dk, float s, uint16_t *out) {
     __m512 sv = _mm512_set1_ps(s);
-    for (int64_t c = 0; c < dk; c += 2)
-        for (int64_t i = 0; i < BR; i += 16) {
-            __m512 a = c < d ? _mm512_mul_ps(sv, gather_col(x + c, ld, n, i)) : _mm512_setzero_ps();
-            __m512 b = c + 1 < d ? _mm512_mul_ps(sv, gather_col(x + c + 1, ld, n, i)) : _mm512_setzero_ps();
-            _mm512_storeu_si512(out + (c / 2) * BR * 2 + i * 2, pair_bf16(a, b));
+    __m512i r[16];
+    for (int64_t i0 = 0; i0 < BR; i0 += 16)
+        for (int64_t c0 = 0; c0 < dk; c0 += 32) {
+            for (int k = 0; k < 16; k++) {
+                __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
+                if (i0 + k < n) {
+                    lo = _mm512_mul_ps(sv, load_row(x + (i0 + k) * ld, d, c0));
+                    hi = _mm512_mul_ps(sv, load_row(x + (i0 + k) * ld, d, c0 + 16));
+                }
+                r[k] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+            }
+            transpose16(r);
+            for (int64_t k = 0; k < imin(16, (dk - c0) / 2); k++)
+                _mm512_storeu_si512(out + ((c0 / 2 + k) * BR + i0) * 2, r[k]);
         }
 }
 
-/* Transposed: out [dm][np] (row stride ldo). */
+/* Transposed: out [dm][ldo] bf16 from rows 0..n-1 (zero beyond n and d; np a
+ * multiple of 16). */
 static AVX512BF16 void pack_t_rows_bf16(const float *x, int64_t ld, int64_t n, int64_t np,
-                                          int64_t d, int64_t dm, uint16_t *out, int64_t ldo) {
-    for (int64_t c = 0; c < dm; c++)
-        for (int64_t i = 0; i < np; i += 16) {
-            __m512 a = c < d ? gather_col(x + c, ld, n, i) : _mm512_setzero_ps();
-            __m256i r = (__m256i)_mm512_cvtneps_pbh(a);
-            if (np - i >= 16)
-                _mm256_storeu_si256((__m256i *)(out + c * ldo + i), r);
-            else
-                _mm256_mask_storeu_epi16(out + c * ldo + i, (__mmask16)((1u << (np - i)) - 1), r);
+                                        int64_t d, int64_t dm, uint16_t *out, int64_t ldo) {
+    __m512i r[16];
+    for (int64_t i0 = 0; i0 < np; i0 += 16)
+        for (int64_t c0 = 0; c0 < dm; c0 += 16) {
+            load_block_t(x, ld, n, d, i0, c0, 1.0f, r);
+            for (int64_t c = 0; c < imin(16, dm - c0); c++)
+                _mm256_storeu_si256((__m256i *)(out + (c0 + c) * ldo + i0),
+                                    (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(r[c])));
         }
-}
-
-INLINE AVX512BF16 __m512 load_row(const float *x, int64_t d, int64_t c) {
-    int64_t left = d - c;
-    __mmask16 k = left >= 16 ? 0xffff : left <= 0 ? 0 : (__mmask16)((1u << left) - 1);
-    return _mm512_maskz_loadu_ps(k, x + (left > 0 ? c : 0));
 }
 
 /* Rows padded to dk columns: out [np][dk]. */
 static AVX512BF16 void pack_rows_bf16(const float *x, int64_t ld, int64_t n, int64_t np,
-                                        int64_t d, int64_t dk, uint16_t *out) {
+                                      int64_t d, int64_t dk, uint16_t *out) {
     for (int64_t i = 0; i < np; i++)
         for (int64_t c = 0; c < dk; c += 16) {
             __m512 a = i < n ? load_row(x + i * ld, d, c) : _mm512_setzero_ps();
-            __m256i r = (__m256i)_mm512_cvtneps_pbh(a);
-            if (dk - c >= 16)
-                _mm256_storeu_si256((__m256i *)(out + i * dk + c), r);
-            else
-                _mm256_mask_storeu_epi16(out + i * dk + c, (__mmask16)((1u << (dk - c)) - 1), r);
+            _mm256_mask_storeu_epi16(out + i * dk + c, mask_first(dk - c),
+                                     (__m256i)_mm512_cvtneps_pbh(a));
         }
 }
 
 /* Pairs along rows: out [np/2][dn][2]. */
 static AVX512BF16 void pack_rpairs_bf16(const float *x, int64_t ld, int64_t n, int64_t np,
-                                          int64_t d, int64_t dn, uint16_t *out) {
+                                        int64_t d, int64_t dn, uint16_t *out) {
     for (int64_t i = 0; i < np; i += 2)
         for (int64_t c = 0; c < dn; c += 16) {
             __m512 a = i < n ? load_row(x + i * ld, d, c) : _mm512_setzero_ps();
             __m512 b = i + 1 < n ? load_row(x + (i + 1) * ld, d, c) : _mm512_setzero_ps();
             _mm512_storeu_si512(out + (i / 2) * dn * 2 + c * 2, pair_bf16(a, b));
         }
+}
+
+/* rows (stride ld) [n][d] = beta*rows + s[i] * src^T, src [d][lds] (queries in
+ * columns); s NULL means 1. The output transposes of the forward and of dQ. */
+static AVX512 void write_rows_t_avx512(float *dst, int64_t ld, const float *src, int64_t lds,
+                                       int64_t n, int64_t d, float beta, const float *s) {
+    __m512i r[16];
+    for (int64_t i0 = 0; i0 < n; i0 += 16)
+        for (int64_t c0 = 0; c0 < d; c0 += 16) {
+#pragma GCC unroll 16
+            for (int k = 0; k < 16; k++)
+                r[k] = c0 + k < d ? _mm512_loadu_si512(src + (c0 + k) * lds + i0) : _mm512_setzero_si512();
+            transpose16(r);
+            __mmask16 m = mask_first(d - c0);
+            for (int64_t i = 0; i < imin(16, n - i0); i++) {
+                float *o = dst + (i0 + i) * ld + c0;
+                __m512 v = _mm512_castsi512_ps(r[i]);
+                if (s) v = _mm512_mul_ps(v, _mm512_set1_ps(s[i0 + i]));
+                if (beta != 0.0f) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, o));
+                _mm512_mask_storeu_ps(o, m, v);
+            }
+        }
+}
+
+/* D[i] = sum_c dO[i][c] O[i][c] for rows 0..n-1. */
+static AVX512 void rowdot_avx512(const float *a, const float *b, int64_t ld, int64_t n, int64_t d,
+                                 float *D) {
+    for (int64_t i = 0; i < n; i++) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t c = 0; c < d; c += 16)
+            acc = _mm512_fmadd_ps(load_row(a + i * ld, d, c), load_row(b + i * ld, d, c), acc);
+        D[i] = _mm512_reduce_add_ps(acc);
+    }
+}
+
+/* The f32 transposes and reductions, vectorised where the CPU allows. */
+static void pack_t_f32(const float *x, int64_t ld, int64_t n, int64_t d, float s, float *out,
+                       int64_t ldo) {
+    if (ap_attn_isa_get() >= AP_ATTN_ISA_AVX512)
+        pack_t_f32_avx512(x, ld, n, d, s, out, ldo);
+    else
+        pack_t_f32_generic(x, ld, n, d, s, out, ldo);
+}
+/* out [d][ldo] = x^T (ldo >= np, a multiple of 16; f32 path, so dm = d) */
+static void pack_t_rows_f32(const float *x, int64_t ld, int64_t n, int64_t np, int64_t d,
+                            int64_t dm, float *out, int64_t ldo) {
+    if (ap_attn_isa_get() >= AP_ATTN_ISA_AVX512 && dm == d)
+        pack_t_f32_avx512(x, ld, n, d, 1.0f, out, ldo);
+    else
+        pack_t_rows_f32_generic(x, ld, n, np, d, dm, out, ldo);
+}
+static void rowdot(const float *a, const float *b, int64_t ld, int64_t n, int64_t d, float *D) {
+    if (ap_attn_isa_get() >= AP_ATTN_ISA_AVX512) {
+        rowdot_avx512(a, b, ld, n, d, D);
+        return;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        float s = 0;
+        for (int64_t c = 0; c < d; c++) s += a[i * ld + c] * b[i * ld + c];
+        D[i] = s;
+    }
 }
 
 /* ================================================================ configuration */
@@ -813,6 +930,7 @@ typedef struct {
     int64_t Tp, Sp;      /* T, S padded to whole tiles */
     int64_t ldS, ldT;    /* row strides of the [d][S] and [d][T] buffers: a power of two
                             would put every row in the same L1 set */
+    int64_t bc;          /* keys per tile (a multiple of 32) */
     int64_t nqb, nkb;    /* query and key tiles */
     float s2;            /* scale * log2(e) */
 } cfg_t;
@@ -834,11 +952,13 @@ static cfg_t make_cfg(const ap_attn_problem *p) {
     g.kunit = g.amx ? 32 : g.bf16 ? 2 : 1;
     g.munit = g.amx ? 16 : 1;
     g.Tp = rup(p->T, BR);
-    g.Sp = rup(p->S, BC);
+    /* cross-attention to 77 text tokens: one tile of 96, not 64 + 13 */
+    g.bc = p->S <= 2 * BC ? imax(32, rup(p->S, 32)) : BC;
+    g.Sp = rup(p->S, g.bc);
     g.ldS = g.Sp + 32;
     g.ldT = g.Tp + 16;
     g.nqb = g.Tp / BR;
-    g.nkb = g.Sp / BC;
+    g.nkb = g.Sp / g.bc;
     g.s2 = p->scale * LOG2E;
     return g;
 }
@@ -859,8 +979,8 @@ typedef struct {
     uint16_t *Kp; /* [Sp][dk] bf16 */
     void *Vt;     /* [dm][Sp] bf16, or [d][Sp] f32 */
     void *Qb;     /* [dk/2][BR][2] bf16, or [d][BR] f32 */
-    float *St;    /* [BC][BR] */
-    uint16_t *Pv; /* [BC/2][BR][2] */
+    float *St;    /* [bc][BR] */
+    uint16_t *Pv; /* [bc/2][BR][2] */
     float *Ot;    /* [dm][BR] */
     float *m, *l, *alpha; /* [BR] */
 } fwd_ws;
@@ -871,8 +991,8 @@ static size_t fwd_layout(const cfg_t *g, const ap_attn_problem *p, char *base, f
     w->Kp = g->bf16 ? carve(&cv, (size_t)g->Sp * g->dk * 2) : NULL;
     w->Vt = carve(&cv, (size_t)g->dm * g->ldS * es);
     w->Qb = carve(&cv, (size_t)g->dk * BR * es);
-    w->St = carve(&cv, (size_t)BC * BR * 4);
-    w->Pv = g->bf16 ? carve(&cv, (size_t)BC * BR * 2) : NULL;
+    w->St = carve(&cv, (size_t)g->bc * BR * 4);
+    w->Pv = g->bf16 ? carve(&cv, (size_t)g->bc * BR * 2) : NULL;
     w->Ot = carve(&cv, (size_t)g->dm * BR * 4);
     w->m = carve(&cv, BR * 4);
     w->l = carve(&cv, BR * 4);
@@ -907,8 +1027,8 @@ static void fwd_tile(const cfg_t *g, const ap_attn_problem *p, const fwd_ws *w, 
         w->l[i] = 0.0f;
     }
     int64_t jend = p->causal ? imin(p->S, i0 + nq) : p->S;
-    for (int64_t j0 = 0; j0 < jend; j0 += BC) {
-        int64_t nk = imin(BC, jend - j0);
+    for (int64_t j0 = 0; j0 < jend; j0 += g->bc) {
+        int64_t nk = imin(g->bc, jend - j0);
         int mode = j0 == 0 ? 0 : 2;
         if (g->bf16) {
             g->gb(rup(nk, g->munit), BR, g->dk / 2, w->Kp + j0 * g->dk, g->dk, w->Qb, BR, w->St,
@@ -929,11 +1049,17 @@ static void fwd_tile(const cfg_t *g, const ap_attn_problem *p, const fwd_ws *w, 
                   w->alpha);
         }
     }
+    float *inv = w->alpha; /* free now */
     for (int64_t i = 0; i < nq; i++) {
-        float l = w->l[i], inv = l > 0 ? 1.0f / l : 0.0f;
-        float *o = out + (i0 + i) * C;
-        for (int64_t c = 0; c < d; c++) o[c] = w->Ot[c * BR + i] * inv;
+        float l = w->l[i];
+        inv[i] = l > 0 ? 1.0f / l : 0.0f;
         if (lse) lse[i0 + i] = w->m[i] + log2f(l);
+    }
+    if (isa >= AP_ATTN_ISA_AVX512) {
+        write_rows_t_avx512(out + i0 * C, C, w->Ot, BR, nq, d, 0.0f, inv);
+    } else {
+        for (int64_t i = 0; i < nq; i++)
+            for (int64_t c = 0; c < d; c++) out[(i0 + i) * C + c] = w->Ot[c * BR + i] * inv[i];
     }
 }
 
@@ -986,9 +1112,9 @@ typedef struct {
     uint16_t *Kp, *Vp; /* [Si][dk] bf16 */
     void *Kt;          /* [dm][Si] bf16 or [d][Si] f32 */
     /* tiles */
-    float *St, *dPt;   /* [BC][BR] */
-    uint16_t *Pb, *dSb, *dSv; /* [BC][BR] bf16; dSv in key pairs */
-    float *dKacc, *dVacc;     /* [BC][dn] */
+    float *St, *dPt;   /* [bc][BR] */
+    uint16_t *Pb, *dSb, *dSv; /* [bc][BR] bf16; dSv in key pairs */
+    float *dKacc, *dVacc;     /* [bc][dn] */
     float *dQt;               /* [dm][Tp] (own, when heads are not split) */
 } bwd_ws;
 
@@ -1004,7 +1130,7 @@ static bwd_plan bwd_make_plan(const cfg_t *g, const ap_attn_problem *p, int nq, 
     /* split heads only when there are fewer heads than threads: each split
      * costs a partial dQ [d][T] */
     pl.nsplit = imin(g->nkb, imax(1, ((int64_t)p->nthreads + bh - 1) / bh));
-    pl.Si = (g->nkb + pl.nsplit - 1) / pl.nsplit * BC;
+    pl.Si = (g->nkb + pl.nsplit - 1) / pl.nsplit * g->bc;
     pl.ldK = pl.Si + 32;
     return pl;
 }
@@ -1025,15 +1151,15 @@ static size_t bwd_layout(const cfg_t *g, const bwd_plan *pl, char *base, bwd_ws 
         w->Vp = need_ds ? carve(&cv, (size_t)pl->Si * g->dk * 2) : NULL;
     }
     w->Kt = pl->need_q ? carve(&cv, (size_t)g->dm * pl->ldK * es) : NULL;
-    w->St = carve(&cv, (size_t)BC * BR * 4);
-    w->dPt = need_ds ? carve(&cv, (size_t)BC * BR * 4) : NULL;
+    w->St = carve(&cv, (size_t)g->bc * BR * 4);
+    w->dPt = need_ds ? carve(&cv, (size_t)g->bc * BR * 4) : NULL;
     if (g->bf16) {
-        w->Pb = pl->need_v ? carve(&cv, (size_t)BC * BR * 2) : NULL;
-        w->dSb = pl->need_k ? carve(&cv, (size_t)BC * BR * 2) : NULL;
-        w->dSv = pl->need_q ? carve(&cv, (size_t)BC * BR * 2) : NULL;
+        w->Pb = pl->need_v ? carve(&cv, (size_t)g->bc * BR * 2) : NULL;
+        w->dSb = pl->need_k ? carve(&cv, (size_t)g->bc * BR * 2) : NULL;
+        w->dSv = pl->need_q ? carve(&cv, (size_t)g->bc * BR * 2) : NULL;
     }
-    w->dKacc = pl->need_k ? carve(&cv, (size_t)BC * g->dn * 4) : NULL;
-    w->dVacc = pl->need_v ? carve(&cv, (size_t)BC * g->dn * 4) : NULL;
+    w->dKacc = pl->need_k ? carve(&cv, (size_t)g->bc * g->dn * 4) : NULL;
+    w->dVacc = pl->need_v ? carve(&cv, (size_t)g->bc * g->dn * 4) : NULL;
     w->dQt = (pl->need_q && pl->nsplit == 1) ? carve(&cv, (size_t)g->dm * g->ldT * 4) : NULL;
     return cv.off;
 }
@@ -1075,12 +1201,12 @@ static void bwd_pack_q(const cfg_t *g, const ap_attn_problem *p, const bwd_plan 
         if (w->Qr) pack_rows_f32(qh, C, T, g->Tp, d, g->dn, w->Qr);
         if (w->dOr) pack_rows_f32(doh, C, T, g->Tp, d, g->dn, w->dOr);
     }
+    if (pl->need_q || pl->need_k)
+        rowdot(doh, oh, C, T, d, w->D);
+    else
+        memset(w->D, 0, (size_t)T * 4); /* unused without dS */
     for (int64_t i = 0; i < g->Tp; i++) {
         if (i < T) {
-            float s = 0;
-            if (pl->need_q || pl->need_k)
-                for (int64_t c = 0; c < d; c++) s += doh[i * C + c] * oh[i * C + c];
-            w->D[i] = s;
             w->lse[i] = lseh[i];
         } else {
             w->D[i] = 0.0f;
@@ -1184,7 +1310,7 @@ void ap_attn_backward(const ap_attn_problem *p, const float *q, const float *k, 
                 last_bh = bh;
             }
             int64_t kb0 = sp * g.nkb / pl.nsplit, kb1 = (sp + 1) * g.nkb / pl.nsplit;
-            int64_t jb = kb0 * BC, nkr = imin(S, kb1 * BC) - jb; /* this item's keys */
+            int64_t jb = kb0 * g.bc, nkr = imin(S, kb1 * g.bc) - jb; /* this item's keys */
             if (g.bf16) {
                 pack_rows_bf16(kh + jb * C, C, nkr, pl.Si, d, g.dk, w.Kp);
                 if (w.Vp) pack_rows_bf16(vh + jb * C, C, nkr, pl.Si, d, g.dk, w.Vp);
@@ -1195,16 +1321,21 @@ void ap_attn_backward(const ap_attn_problem *p, const float *q, const float *k, 
             float *dQt = pl.need_q ? (dQp ? dQp + it * dqsz : w.dQt) : NULL;
             if (dQt) memset(dQt, 0, (size_t)dqsz * 4);
             for (int64_t kb = kb0; kb < kb1; kb++) {
-                int64_t j0 = kb * BC, nk = imin(BC, S - j0);
-                if (w.dKacc) memset(w.dKacc, 0, (size_t)BC * g.dn * 4);
-                if (w.dVacc) memset(w.dVacc, 0, (size_t)BC * g.dn * 4);
+                int64_t j0 = kb * g.bc, nk = imin(g.bc, S - j0);
+                if (w.dKacc) memset(w.dKacc, 0, (size_t)g.bc * g.dn * 4);
+                if (w.dVacc) memset(w.dVacc, 0, (size_t)g.bc * g.dn * 4);
                 int64_t qstart = p->causal ? j0 / BR : 0;
                 for (int64_t qb = qstart; qb < g.nqb; qb++)
                     bwd_tile(&g, p, &pl, &w, kh, vh, dQt, g.ldT, j0 - jb, nk, j0, qb);
                 if (dk) write_rows(dk + hoff_k + j0 * C, C, w.dKacc, g.dn, nk, d, beta_k);
                 if (dv) write_rows(dv + hoff_k + j0 * C, C, w.dVacc, g.dn, nk, d, beta_v);
             }
-            if (dq && !dQp) write_rows_t(dq + hoff_q, C, dQt, g.ldT, T, d, beta_q);
+            if (dq && !dQp) {
+                if (ap_attn_isa_get() >= AP_ATTN_ISA_AVX512)
+                    write_rows_t_avx512(dq + hoff_q, C, dQt, g.ldT, T, d, beta_q, NULL);
+                else
+                    write_rows_t(dq + hoff_q, C, dQt, g.ldT, T, d, beta_q);
+            }
         }
         if (g.amx) amx_end();
         if (dq && dQp) {
