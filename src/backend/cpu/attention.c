@@ -35,7 +35,6 @@
  */
 #include "backend/cpu/attention.h"
 
-#include <assert.h>
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -637,7 +636,7 @@ static AVX512 void bwd_elem_avx512(float *St, float *dPt, int64_t nk, const floa
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
         L[v] = _mm512_loadu_ps(lse + 16 * v);
-        Dv[v] = _mm512_loadu_ps(D + 16 * v);
+        Dv[v] = _mm512_mul_ps(sc, _mm512_loadu_ps(D + 16 * v)); /* scale*D */
     }
     for (int64_t j = 0; j < nk; j++)
 #pragma GCC unroll 4
@@ -647,8 +646,7 @@ static AVX512 void bwd_elem_avx512(float *St, float *dPt, int64_t nk, const floa
             _mm512_storeu_ps(s, p);
             if (dPt) {
                 float *g = dPt + j * BR + 16 * v;
-                _mm512_storeu_ps(g, _mm512_mul_ps(_mm512_mul_ps(sc, p),
-                                                  _mm512_sub_ps(_mm512_loadu_ps(g), Dv[v])));
+                _mm512_storeu_ps(g, _mm512_mul_ps(p, _mm512_fmsub_ps(sc, _mm512_loadu_ps(g), Dv[v])));
             }
         }
 }
@@ -663,7 +661,7 @@ static AVX512BF16 void bwd_elem_bf16(const float *St, const float *dPt, int64_t 
 #pragma GCC unroll 4
     for (int v = 0; v < NV; v++) {
         L[v] = _mm512_loadu_ps(lse + 16 * v);
-        Dv[v] = _mm512_loadu_ps(D + 16 * v);
+        Dv[v] = _mm512_mul_ps(sc, _mm512_loadu_ps(D + 16 * v)); /* scale*D */
     }
     bool need_ds = dSb || dSv;
     for (int64_t j = 0; j < nkp; j += 2)
@@ -677,8 +675,7 @@ static AVX512BF16 void bwd_elem_bf16(const float *St, const float *dPt, int64_t 
                 p[r] = exp2_ps5(_mm512_sub_ps(_mm512_loadu_ps(St + (j + r) * BR + 16 * v), L[v]));
                 if (need_ds)
                     ds[r] = _mm512_mul_ps(
-                        _mm512_mul_ps(sc, p[r]),
-                        _mm512_sub_ps(_mm512_loadu_ps(dPt + (j + r) * BR + 16 * v), Dv[v]));
+                        p[r], _mm512_fmsub_ps(sc, _mm512_loadu_ps(dPt + (j + r) * BR + 16 * v), Dv[v]));
             }
 #pragma GCC unroll 4
             for (int r = 0; r < 2; r++) {
