@@ -315,34 +315,39 @@ static void test_gradcheck(ap_ctx *c) {
     }
 }
 
-/* Gradients of leaves accumulate across backward passes (beta 1). */
+/* Gradients of leaves accumulate across backward passes (beta 1); the second
+ * shape has one head, so with 2 threads its keys are split across threads
+ * and dQ goes through the partial sums. */
 static void test_accumulate(ap_ctx *c) {
-    shape_t s = {1, 30, 20, 2, 8, 0, 0};
-    test_rng r = {11};
-    inputs_t in = make_inputs(c, &r, &s, 1);
-    ap_tensor *x[3] = {in.q, in.k, in.v};
-    for (int i = 0; i < 3; i++) ap_tensor_set_requires_grad(x[i], 1);
-    float *first[3];
-    for (int pass = 0; pass < 2; pass++) {
-        ap_tensor *y = ap_attention(c, in.q, in.k, in.v, 2, 0, 0);
-        CHECK(ap_backward(c, y, in.gy) == AP_OK);
-        ap_tensor_release(y);
-        for (int i = 0; i < 3; i++) {
-            ap_tensor *g = ap_tensor_grad(x[i]);
-            int64_t n = ap_tensor_numel(g);
-            if (pass == 0) {
-                first[i] = malloc(n * 4);
-                memcpy(first[i], ap_tensor_cdata(g), n * 4);
-            } else {
-                float *twice = malloc(n * 4);
-                for (int64_t j = 0; j < n; j++) twice[j] = 2 * first[i][j];
-                test_close_f("second backward adds", ap_tensor_cdata(g), twice, n, 1e-6, 1e-7);
-                free(twice);
-                free(first[i]);
+    const shape_t cases[] = {{1, 30, 20, 2, 8, 0, 0}, {1, 40, 200, 1, 8, 0, 0}};
+    for (int ci = 0; ci < 2; ci++) {
+        const shape_t *s = &cases[ci];
+        test_rng r = {11 + ci};
+        inputs_t in = make_inputs(c, &r, s, 1);
+        ap_tensor *x[3] = {in.q, in.k, in.v};
+        for (int i = 0; i < 3; i++) ap_tensor_set_requires_grad(x[i], 1);
+        float *first[3];
+        for (int pass = 0; pass < 2; pass++) {
+            ap_tensor *y = ap_attention(c, in.q, in.k, in.v, (int)s->H, 0, 0);
+            CHECK(ap_backward(c, y, in.gy) == AP_OK);
+            ap_tensor_release(y);
+            for (int i = 0; i < 3; i++) {
+                ap_tensor *g = ap_tensor_grad(x[i]);
+                int64_t n = ap_tensor_numel(g);
+                if (pass == 0) {
+                    first[i] = malloc(n * 4);
+                    memcpy(first[i], ap_tensor_cdata(g), n * 4);
+                } else {
+                    float *twice = malloc(n * 4);
+                    for (int64_t j = 0; j < n; j++) twice[j] = 2 * first[i][j];
+                    test_close_f("second backward adds", ap_tensor_cdata(g), twice, n, 1e-6, 1e-7);
+                    free(twice);
+                    free(first[i]);
+                }
             }
         }
+        free_inputs(&in);
     }
-    free_inputs(&in);
 }
 
 /* Inside a checkpoint the forward records nothing; backward re-runs it. */
