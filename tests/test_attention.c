@@ -518,6 +518,24 @@ static void test_errors(ap_ctx *c) {
     ap_tensor *qz = test_rand(c, &r, 3, (int64_t[]){2, 5, 0}, -1, 1);
     expect_error(c, ap_attention(c, qz, qz, qz, 1, 0, 0), AP_ERR_SHAPE, "no channels");
     ap_tensor_release(qz);
+    /* a NaN in q reaches the output of its row, on every path */
+    {
+        ap_tensor *qn = ap_copy(c, q);
+        ((float *)ap_tensor_data(qn))[0] = NAN;
+        for (int bf = 0; bf < 2; bf++) {
+            ap_set_precision(c, bf ? AP_PREC_BF16 : AP_PREC_F32);
+            for (int isa = AP_ATTN_ISA_GENERIC; isa <= AP_ATTN_ISA_AVX512_BF16; isa++) {
+                if ((int)ap_attn_isa_set((ap_attn_isa)isa) != isa) continue;
+                ap_tensor *yn = ap_attention(c, qn, k, k, 2, 0, 0);
+                CHECK_MSG(yn && isnan(((const float *)ap_tensor_cdata(yn))[0]),
+                          "NaN input lost (%s, %s)", bf ? "bf16" : "f32", ap_attn_isa_name((ap_attn_isa)isa));
+                ap_tensor_release(yn);
+            }
+        }
+        ap_attn_isa_set(ap_attn_isa_best());
+        ap_set_precision(c, AP_PREC_F32);
+        ap_tensor_release(qn);
+    }
     /* sticky: after an error, a valid call also returns NULL */
     CHECK(ap_attention(c, q, k, k, 5, 0, 0) == NULL);
     CHECK(ap_attention(c, q, k, k, 2, 0, 0) == NULL);

@@ -1049,7 +1049,7 @@ static void fwd_tile(const cfg_t *g, const ap_attn_problem *p, const fwd_ws *w, 
     float *inv = w->alpha; /* free now */
     for (int64_t i = 0; i < nq; i++) {
         float l = w->l[i];
-        inv[i] = l > 0 ? 1.0f / l : 0.0f;
+        inv[i] = l != 0.0f ? 1.0f / l : 0.0f; /* NaN stays NaN */
         if (lse) lse[i0 + i] = w->m[i] + log2f(l);
     }
     if (isa >= AP_ATTN_ISA_AVX512) {
