@@ -118,18 +118,47 @@ typedef void (*gemm_f32_fn)(int64_t M, int64_t N, int64_t K, const float *A, int
                             const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
                             const float *cs);
 
+/* Portable: 4 rows by 16 columns of C in a local block the compiler keeps in
+ * (AVX2) registers; edges by plain loops. */
 static void gemm_f32_generic(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda,
                              const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
                              const float *cs) {
-    for (int64_t m = 0; m < M; m++) {
-        float *c = C + m * ldc;
-        for (int64_t n = 0; n < N; n++) c[n] = mode == 0 ? 0.0f : mode == 1 ? c[n] : c[n] * cs[n];
-        for (int64_t k = 0; k < K; k++) {
-            float a = A[m * lda + k];
-            const float *b = B + k * ldb;
-            for (int64_t n = 0; n < N; n++) c[n] += a * b[n];
+    for (int64_t m0 = 0; m0 < M; m0 += 4)
+        for (int64_t n0 = 0; n0 < N; n0 += 16) {
+            int mr = (int)imin(4, M - m0), nn = (int)imin(16, N - n0);
+            float acc[4][16] = {{0}};
+            if (mr == 4 && nn == 16) {
+                for (int64_t k = 0; k < K; k++) {
+                    const float *b = B + k * ldb + n0;
+#pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+                        float a = A[(m0 + r) * lda + k];
+#pragma GCC unroll 16
+                        for (int n = 0; n < 16; n++) acc[r][n] += a * b[n];
+                    }
+                }
+            } else if (mr == 4 && nn == 8) {
+                for (int64_t k = 0; k < K; k++) {
+                    const float *b = B + k * ldb + n0;
+#pragma GCC unroll 4
+                    for (int r = 0; r < 4; r++) {
+                        float a = A[(m0 + r) * lda + k];
+#pragma GCC unroll 8
+                        for (int n = 0; n < 8; n++) acc[r][n] += a * b[n];
+                    }
+                }
+            } else {
+                for (int64_t k = 0; k < K; k++)
+                    for (int r = 0; r < mr; r++)
+                        for (int n = 0; n < nn; n++)
+                            acc[r][n] += A[(m0 + r) * lda + k] * B[k * ldb + n0 + n];
+            }
+            for (int r = 0; r < mr; r++)
+                for (int n = 0; n < nn; n++) {
+                    float *c = C + (m0 + r) * ldc + n0 + n;
+                    *c = mode == 0 ? acc[r][n] : mode == 1 ? *c + acc[r][n] : *c * cs[n0 + n] + acc[r][n];
+                }
         }
-    }
 }
 
 /* The register-blocked micro-kernel: MR rows of C by NR vectors of 16, plus
