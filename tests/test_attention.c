@@ -460,7 +460,7 @@ static void test_memory(ap_ctx *c) {
     for (int bf = 0; bf < 2; bf++) {
         size_t s1 = attn_scratch_peak(c, 1024, bf), s2 = attn_scratch_peak(c, 2048, bf);
         size_t txs = (size_t)2048 * 2048 * 4;
-        CHECK_MSG(s2 < txs / 3, "attention T=S=2048 used %zu scratch bytes (T*S*4 = %zu)", s2, txs);
+        CHECK_MSG(s2 < txs / 4, "attention T=S=2048 used %zu scratch bytes (T*S*4 = %zu)", s2, txs);
         CHECK_MSG(s2 < 3 * s1, "scratch grows faster than T: %zu at T=1024, %zu at 2048", s1, s2);
         printf("memory d=40 %s: scratch %zu bytes at T=S=1024, %zu at 2048 (T*S*4 = %zu)\n",
                bf ? "bf16" : "f32", s1, s2, txs);

@@ -951,6 +951,7 @@ typedef struct {
     int64_t dm;          /* d padded as the M of [d][*] products */
     int64_t dn;          /* d padded to 16: row stride of the [*][d] buffers */
     int64_t nd;          /* d padded as the N of [*][d] products (8, AMX 16) */
+    int rows_direct;     /* f32 and d % 8 == 0: those products read q and dO rows in place */
     int64_t kunit;       /* reductions over keys or queries padded to this */
     int64_t munit;       /* M over keys padded to this */
     int64_t Tp, Sp;      /* T, S padded to whole tiles */
@@ -975,6 +976,7 @@ static cfg_t make_cfg(const ap_attn_problem *p) {
     g.dm = g.amx ? rup(d, 16) : d;
     g.dn = rup(d, 16);
     g.nd = g.amx ? g.dn : rup(d, 8);
+    g.rows_direct = !g.bf16 && d % 8 == 0; /* N = d: no read past a row */
     g.kunit = g.amx ? 32 : g.bf16 ? 2 : 1;
     g.munit = g.amx ? 16 : 1;
     g.Tp = rup(p->T, BR);
@@ -1130,8 +1132,10 @@ typedef struct {
     /* query side, whole head */
     void *Qb;     /* [nqb][dk/2][BR][2] bf16 or [nqb][d][BR] f32 (scaled by s2) */
     void *dOb;    /* same layout, unscaled */
-    void *Qr;     /* [Tp/2][dn][2] bf16 or [Tp][dn] f32 */
+    void *Qr;     /* [Tp/2][dn][2] bf16 or [Tp][dn] f32 (f32 with d % 8 == 0: not needed) */
     void *dOr;    /* same */
+    const float *qrow, *dorow; /* f32: the B rows of the dK, dV products (Qr/dOr or the tensors) */
+    int64_t ldr;               /* their row stride */
     float *lse;   /* [Tp] */
     float *D;     /* [Tp] */
     /* key side, the item's key range */
@@ -1168,8 +1172,8 @@ static size_t bwd_layout(const cfg_t *g, const bwd_plan *pl, char *base, bwd_ws 
     memset(w, 0, sizeof *w);
     w->Qb = carve(&cv, (size_t)g->nqb * g->dk * BR * es);
     w->dOb = need_ds ? carve(&cv, (size_t)g->nqb * g->dk * BR * es) : NULL;
-    w->Qr = pl->need_k ? carve(&cv, (size_t)g->Tp * g->dn * es) : NULL;
-    w->dOr = pl->need_v ? carve(&cv, (size_t)g->Tp * g->dn * es) : NULL;
+    w->Qr = pl->need_k && !g->rows_direct ? carve(&cv, (size_t)g->Tp * g->dn * es) : NULL;
+    w->dOr = pl->need_v && !g->rows_direct ? carve(&cv, (size_t)g->Tp * g->dn * es) : NULL;
     w->lse = carve(&cv, (size_t)g->Tp * 4);
     w->D = carve(&cv, (size_t)g->Tp * 4);
     if (g->bf16) {
@@ -1281,10 +1285,10 @@ static void bwd_tile(const cfg_t *g, const ap_attn_problem *p, const bwd_plan *p
         else
             bwd_elem_generic(w->St, need_ds ? w->dPt : NULL, nk, w->lse + i0, w->D + i0, p->scale);
         if (pl->need_v)
-            g->gf(nk, g->nd, nq, w->St, BR, (const float *)w->dOr + i0 * g->dn, g->dn, w->dVacc,
+            g->gf(nk, g->nd, nq, w->St, BR, w->dorow + i0 * w->ldr, w->ldr, w->dVacc,
                   g->dn, 1, NULL);
         if (pl->need_k)
-            g->gf(nk, g->nd, nq, w->dPt, BR, (const float *)w->Qr + i0 * g->dn, g->dn, w->dKacc,
+            g->gf(nk, g->nd, nq, w->dPt, BR, w->qrow + i0 * w->ldr, w->ldr, w->dKacc,
                   g->dn, 1, NULL);
         if (pl->need_q)
             g->gf(d, BR, nk, (const float *)w->Kt + jl, pl->ldK, w->dPt, BR, dQt + i0, ldq, 1,
@@ -1335,6 +1339,9 @@ void ap_attn_backward(const ap_attn_problem *p, const float *q, const float *k, 
                 bwd_pack_q(&g, p, &pl, &w, q + hoff_q, out + hoff_q, dout + hoff_q, lse + bh * T);
                 last_bh = bh;
             }
+            w.qrow = g.rows_direct ? q + hoff_q : w.Qr;
+            w.dorow = g.rows_direct ? dout + hoff_q : w.dOr;
+            w.ldr = g.rows_direct ? C : g.dn;
             int64_t kb0 = sp * g.nkb / pl.nsplit, kb1 = (sp + 1) * g.nkb / pl.nsplit;
             int64_t jb = kb0 * g.bc, nkr = imin(S, kb1 * g.bc) - jb; /* this item's keys */
             if (g.bf16) {
