@@ -316,6 +316,18 @@ static inline int nr_chunk(int64_t nvec_left) {
     return (int)((nvec_left + chunks - 1) / chunks);
 }
 
+/* Walks M in row chunks of at most mmax, evened out (64 by 6: 9x6 + 2x5, not
+ * 10x6 + 4: a short last chunk has too few accumulators to hide latency). */
+#define FOR_ROWS(M, mmax, BODY)                                                                   \
+    do {                                                                                          \
+        int64_t nch_ = ((M) + (mmax)-1) / (mmax), m0 = 0;                                         \
+        for (int64_t ch_ = 0; ch_ < nch_; ch_++) {                                                \
+            int mr = (int)((M) / nch_ + (ch_ < (M) % nch_ ? 1 : 0));                              \
+            BODY;                                                                                 \
+            m0 += mr;                                                                             \
+        }                                                                                         \
+    } while (0)
+
 /* Walks N (a multiple of 8) in register-block chunks: full vectors, with a
  * trailing half vector joined to the last chunk when it has room. */
 #define FOR_CHUNKS(N, BODY)                                                                       \
@@ -336,12 +348,10 @@ static void gemm_f32_avx512(int64_t M, int64_t N, int64_t K, const float *A, int
                             const float *B, int64_t ldb, float *C, int64_t ldc, int mode,
                             const float *cs) {
     FOR_CHUNKS(N, {
-        int mmax = mr_max[h][nr];
-        for (int64_t m0 = 0; m0 < M; m0 += mmax) {
-            int mr = (int)imin(mmax, M - m0);
+        FOR_ROWS(M, mr_max[h][nr], {
             tab_f32[h][nr][mr](K, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc, mode,
                                cs ? cs + n0 : NULL);
-        }
+        });
     });
 }
 
@@ -355,12 +365,10 @@ static void gemm_bf16_dp(int64_t M, int64_t N, int64_t K2, const uint16_t *A, in
                          const uint32_t *B, int64_t ldb, float *C, int64_t ldc, int mode,
                          const float *cs) {
     FOR_CHUNKS(N, {
-        int mmax = mr_max[h][nr];
-        for (int64_t m0 = 0; m0 < M; m0 += mmax) {
-            int mr = (int)imin(mmax, M - m0);
+        FOR_ROWS(M, mr_max[h][nr], {
             tab_bf16[h][nr][mr](K2, A + m0 * lda, lda, B + n0, ldb, C + m0 * ldc + n0, ldc, mode,
                                 cs ? cs + n0 : NULL);
-        }
+        });
     });
 }
 
