@@ -35,7 +35,8 @@ static double median(double *v, int n) {
 /* Peak of the units the kernels use: 12 independent accumulator chains. */
 __attribute__((target("avx512f"), noinline)) static float peak_fma(long n) {
     __m512 a[12], x = _mm512_set1_ps(1e-9f), y = _mm512_set1_ps(1e-9f);
-    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
+    /* distinct starting values: identical chains could legally be merged into one */
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
     for (long i = 0; i < n; i++) {
 #pragma GCC unroll 12
         for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(x, y, a[j]);
@@ -48,7 +49,7 @@ __attribute__((target("avx512f"), noinline)) static float peak_fma(long n) {
 __attribute__((target("avx512f,avx512bf16"), noinline)) static float peak_dpbf16(long n) {
     __m512 a[12];
     __m512i x = _mm512_set1_epi16(0x3f80), y = _mm512_set1_epi16(0x3f00);
-    for (int i = 0; i < 12; i++) a[i] = _mm512_setzero_ps();
+    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
     for (long i = 0; i < n; i++) {
 #pragma GCC unroll 12
         for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], (__m512bh)x, (__m512bh)y);
