@@ -363,6 +363,57 @@ static void test_determinism(ap_ctx *c) {
     RELEASE(x, w, b, gy, g0[0], g0[1], g0[2], g1[0], g1[1], g1[2]);
 }
 
+/* ------------------------------------------------------------ kernels */
+/* The bf16 conversion kernel rounds like the scalar reference (denormals
+ * excluded: the hardware flushes them, as FTZ/DAZ does everywhere else). */
+static void test_convert_kernel(void) {
+    test_rng r = {30};
+    float v[1000];
+    uint16_t got[1000];
+    for (int i = 0; i < 1000; i++) {
+        uint32_t u = (uint32_t)test_rng_next(&r);
+        if ((u & 0x7f800000u) == 0) u |= 0x00800000u; /* no denormals */
+        if (i % 7 == 0) u = (u & 0xffff0000u) | 0x8000u; /* exact ties */
+        memcpy(&v[i], &u, 4);
+    }
+    v[3] = INFINITY, v[4] = -INFINITY, v[5] = NAN, v[6] = 0.0f, v[8] = -0.0f, v[9] = 3.4e38f;
+    int ok = 1;
+    for (int n = 0; n <= 1000 && ok; n += (n < 70 ? 1 : 131)) { /* every tail length, then long runs */
+        memset(got, 0xab, sizeof got);
+        ap_cpu_f32_to_bf16(got, v, n);
+        for (int i = 0; i < n && ok; i++) {
+            uint16_t want = ap_f32_to_bf16(v[i]);
+            ok = isnan(v[i]) ? (got[i] & 0x7fff) > 0x7f80 : got[i] == want;
+            if (!ok) fprintf(stderr, "n %d: [%d] %a -> %04x, want %04x\n", n, i, v[i], got[i], want);
+        }
+        for (int i = n; i < 1000 && ok; i++) ok = got[i] == 0xabab; /* nothing past the end */
+    }
+    CHECK_MSG(ok, "ap_cpu_f32_to_bf16 rounds to nearest even, like ap_f32_to_bf16");
+}
+
+static void test_sum_rows(void) {
+    test_rng r = {31};
+    int64_t shapes[][2] = {{1, 3}, {7, 5}, {512, 4}, {1300, 9}, {0, 6}};
+    for (size_t t = 0; t < sizeof shapes / sizeof *shapes; t++) {
+        int64_t rows = shapes[t][0], cols = shapes[t][1];
+        float *src = malloc((size_t)(rows * cols + 1) * sizeof *src), dst[9];
+        double ref[9];
+        for (int64_t i = 0; i < rows * cols; i++) src[i] = (float)(2 * test_rng_uniform(&r) - 1);
+        for (int beta = 0; beta < 2; beta++) {
+            for (int64_t j = 0; j < cols; j++) {
+                dst[j] = beta ? (float)j : NAN; /* beta 0 must not read dst */
+                ref[j] = beta ? (double)j : 0.0;
+                for (int64_t i = 0; i < rows; i++) ref[j] += src[i * cols + j];
+            }
+            ap_cpu_sum_rows(dst, src, rows, cols, (float)beta);
+            char label[64];
+            snprintf(label, sizeof label, "column sums of [%lld,%lld], beta %d", (long long)rows, (long long)cols, beta);
+            test_close(label, dst, ref, cols, 1e-6, 1e-6);
+        }
+        free(src);
+    }
+}
+
 /* ------------------------------------------------------------ errors */
 static void expect_error(ap_ctx *c, ap_tensor *y, ap_status st, const char *needle) {
     CHECK_MSG(y == NULL, "expected an error containing \"%s\"", needle);
@@ -413,6 +464,8 @@ int main(void) {
     test_bf16(c);
     test_packing(c);
     test_determinism(c);
+    test_convert_kernel();
+    test_sum_rows();
     test_errors(c);
     CHECK_OK(c);
     CHECK_MSG(ap_mem_in_use(c) == 0, "%zu bytes still in use", ap_mem_in_use(c));
