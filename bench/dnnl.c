@@ -136,12 +136,13 @@ static void conv_api(void *u) { /* through ap_conv2d: output allocation and op c
 }
 static void lin_fwd(void *u) {
     bench *b = u;
-    ap_dnnl_linear_forward(b->c, b->rows, b->in, b->out, ap_tensor_cdata(b->xl), b->wl, NULL, ap_tensor_data(b->yl));
+    ap_dnnl_linear_forward(b->c, b->rows, b->in, b->out, ap_tensor_cdata(b->xl), b->wl, NULL,
+                           ap_tensor_data(b->yl));
 }
 static void lin_bwd_data(void *u) {
     bench *b = u;
-    ap_dnnl_linear_backward(b->c, b->rows, b->in, b->out, ap_tensor_cdata(b->dyl), b->wl, ap_tensor_data(b->dxl), 0.0f,
-                            NULL, NULL, 0.0f, NULL, 0.0f);
+    ap_dnnl_linear_backward(b->c, b->rows, b->in, b->out, ap_tensor_cdata(b->dyl), b->wl, ap_tensor_data(b->dxl),
+                            0.0f, NULL, NULL, 0.0f, NULL, 0.0f);
 }
 static void lin_bwd_weights(void *u) {
     bench *b = u;
@@ -174,7 +175,9 @@ static void record(const char *name, const char *prec, double sec, double flops,
     printf("%-34s %-5s %9.3f ms %7.0f GFLOP/s %4.0f%% of peak | best %7.0f GFLOP/s\n", name, prec, sec * 1e3, gf,
            100 * gf / pk, gb);
     if (js)
-        fprintf(js, "%s\n  {\"case\": \"%s\", \"precision\": \"%s\", \"ms\": %.4f, \"gflops\": %.1f, \"gflops_best\": %.1f, \"peak_gflops\": %.1f}",
+        fprintf(js,
+                "%s\n  {\"case\": \"%s\", \"precision\": \"%s\", \"ms\": %.4f, \"gflops\": %.1f, \"gflops_best\": "
+                "%.1f, \"peak_gflops\": %.1f}",
                 js_first ? "" : ",", name, prec, sec * 1e3, gf, gb, pk);
     js_first = 0;
 }
@@ -193,8 +196,8 @@ int main(int argc, char **argv) {
     __builtin_cpu_init();
     int avx512 = __builtin_cpu_supports("avx512f");
     double pk32 = avx512 ? peak(0) : 0, pk16 = bf && avx512 ? peak(1) : 0;
-    printf("threads %d, %s time; measured peak: f32 FMA %.0f GFLOP/s, bf16 dot %.0f GFLOP/s\n", ap_get_num_threads(c),
-           clock_id == CLOCK_MONOTONIC ? "wall" : "CPU", pk32, pk16);
+    printf("threads %d, %s time; measured peak: f32 FMA %.0f GFLOP/s, bf16 dot %.0f GFLOP/s\n",
+           ap_get_num_threads(c), clock_id == CLOCK_MONOTONIC ? "wall" : "CPU", pk32, pk16);
     js = fopen(argc > 1 ? argv[1] : "dnnl_bench.json", "w");
     if (js)
         fprintf(js, "{\"threads\": %d, \"clock\": \"%s\", \"peak_f32\": %.1f, \"peak_bf16\": %.1f, \"results\": [",
@@ -241,16 +244,20 @@ int main(int argc, char **argv) {
     const int64_t lins[][3] = {{8192, 320, 320}, {154, 768, 768}, {2, 1280, 1280}};
     for (size_t k = 0; k < sizeof lins / sizeof *lins; k++) {
         bench b = {.c = c, .rows = lins[k][0], .in = lins[k][1], .out = lins[k][2]};
-        b.xl = rnd(c, 2, (int64_t[]){b.rows, b.in}, 1.0f, 11), b.wl = rnd(c, 2, (int64_t[]){b.out, b.in}, 0.05f, 12);
-        b.yl = rnd(c, 2, (int64_t[]){b.rows, b.out}, 1.0f, 13), b.dyl = rnd(c, 2, (int64_t[]){b.rows, b.out}, 1.0f, 14);
-        b.dxl = rnd(c, 2, (int64_t[]){b.rows, b.in}, 1.0f, 15), b.dwl = rnd(c, 2, (int64_t[]){b.out, b.in}, 1.0f, 16);
+        b.xl = rnd(c, 2, (int64_t[]){b.rows, b.in}, 1.0f, 11),
+        b.wl = rnd(c, 2, (int64_t[]){b.out, b.in}, 0.05f, 12);
+        b.yl = rnd(c, 2, (int64_t[]){b.rows, b.out}, 1.0f, 13),
+        b.dyl = rnd(c, 2, (int64_t[]){b.rows, b.out}, 1.0f, 14);
+        b.dxl = rnd(c, 2, (int64_t[]){b.rows, b.in}, 1.0f, 15),
+        b.dwl = rnd(c, 2, (int64_t[]){b.out, b.in}, 1.0f, 16);
         double flops = 2.0 * b.rows * b.in * b.out;
         char name[64];
         for (int p = 0; p < 1 + bf; p++) {
             ap_set_precision(c, p ? AP_PREC_BF16 : AP_PREC_F32);
             const char *pn = p ? "bf16" : "f32";
             double pkp = p ? pk16 : pk32;
-            snprintf(name, sizeof name, "linear %lldx%lld->%lld fwd", (long long)b.rows, (long long)b.in, (long long)b.out);
+            snprintf(name, sizeof name, "linear %lldx%lld->%lld fwd", (long long)b.rows, (long long)b.in,
+                     (long long)b.out);
             record(name, pn, median_time(lin_fwd, &b), flops, pkp);
             snprintf(name, sizeof name, "linear %lldx%lld->%lld bwd data", (long long)b.rows, (long long)b.in,
                      (long long)b.out);
@@ -268,7 +275,9 @@ int main(int argc, char **argv) {
                 printf("primitive cache, ap_linear %lldx%lld->%lld %s: %.1f us with, %.1f us without\n",
                        (long long)b.rows, (long long)b.in, (long long)b.out, pn, on * 1e6, off * 1e6);
                 if (js)
-                    fprintf(js, ",\n  {\"case\": \"cache %s\", \"precision\": \"%s\", \"us_cached\": %.2f, \"us_uncached\": %.2f}",
+                    fprintf(js,
+                            ",\n  {\"case\": \"cache %s\", \"precision\": \"%s\", \"us_cached\": %.2f, "
+                            "\"us_uncached\": %.2f}",
                             name, pn, on * 1e6, off * 1e6);
             }
         }
@@ -288,10 +297,12 @@ int main(int argc, char **argv) {
             ap_dnnl_set_cache(c, false);
             double off = median_time(conv_api, &b);
             ap_dnnl_set_cache(c, true);
-            printf("primitive cache, ap_conv2d [1,8,8,64] 3x3 %s: %.1f us with, %.1f us without\n", p ? "bf16" : "f32",
-                   on * 1e6, off * 1e6);
+            printf("primitive cache, ap_conv2d [1,8,8,64] 3x3 %s: %.1f us with, %.1f us without\n",
+                   p ? "bf16" : "f32", on * 1e6, off * 1e6);
             if (js)
-                fprintf(js, ",\n  {\"case\": \"cache conv3x3 64@8x8\", \"precision\": \"%s\", \"us_cached\": %.2f, \"us_uncached\": %.2f}",
+                fprintf(js,
+                        ",\n  {\"case\": \"cache conv3x3 64@8x8\", \"precision\": \"%s\", \"us_cached\": %.2f, "
+                        "\"us_uncached\": %.2f}",
                         p ? "bf16" : "f32", on * 1e6, off * 1e6);
         }
         ap_set_grad_enabled(c, prev);

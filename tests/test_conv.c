@@ -80,22 +80,30 @@ static void test_forward_case(ap_ctx *c, test_rng *r, const cfg *g) {
 static void test_forward(ap_ctx *c) {
     test_rng r = {11};
     const cfg fixed[] = {
-        {2, 7, 5, 3, 5, 3, 3, 1, {1, 1, 1, 1}, 1, AP_F32},  /* odd sizes, symmetric padding */
-        {1, 6, 6, 4, 6, 1, 1, 1, {0, 0, 0, 0}, 1, AP_F32},  /* 1x1 */
-        {2, 7, 9, 3, 5, 3, 3, 2, {1, 1, 1, 1}, 1, AP_F32},  /* stride 2, odd H */
-        {1, 8, 6, 5, 3, 3, 3, 2, {0, 1, 0, 1}, 0, AP_F32},  /* the VAE's downsampling pad */
-        {2, 7, 7, 3, 4, 3, 3, 2, {0, 1, 0, 1}, 1, AP_F32},  /* ... with odd H and W */
-        {1, 7, 5, 8, 16, 1, 1, 2, {0, 0, 0, 0}, 1, AP_F32}, /* 1x1 stride 2 */
+        {2, 7, 5, 3, 5, 3, 3, 1, {1, 1, 1, 1}, 1, AP_F32},   /* odd sizes, symmetric padding */
+        {1, 6, 6, 4, 6, 1, 1, 1, {0, 0, 0, 0}, 1, AP_F32},   /* 1x1 */
+        {2, 7, 9, 3, 5, 3, 3, 2, {1, 1, 1, 1}, 1, AP_F32},   /* stride 2, odd H */
+        {1, 8, 6, 5, 3, 3, 3, 2, {0, 1, 0, 1}, 0, AP_F32},   /* the VAE's downsampling pad */
+        {2, 7, 7, 3, 4, 3, 3, 2, {0, 1, 0, 1}, 1, AP_F32},   /* ... with odd H and W */
+        {1, 7, 5, 8, 16, 1, 1, 2, {0, 0, 0, 0}, 1, AP_F32},  /* 1x1 stride 2 */
         {2, 9, 9, 16, 24, 3, 3, 1, {1, 1, 1, 1}, 1, AP_F32}, /* blocked channels */
-        {1, 5, 4, 6, 7, 3, 3, 1, {1, 1, 1, 1}, 1, AP_BF16}, /* weights stored bf16 */
-        {1, 5, 4, 6, 7, 3, 3, 1, {1, 1, 1, 1}, 0, AP_F16},  /* weights stored f16 */
-        {1, 6, 5, 2, 3, 2, 3, 1, {0, 1, 2, 0}, 1, AP_F32},  /* 2x3 kernel, uneven padding */
+        {1, 5, 4, 6, 7, 3, 3, 1, {1, 1, 1, 1}, 1, AP_BF16},  /* weights stored bf16 */
+        {1, 5, 4, 6, 7, 3, 3, 1, {1, 1, 1, 1}, 0, AP_F16},   /* weights stored f16 */
+        {1, 6, 5, 2, 3, 2, 3, 1, {0, 1, 2, 0}, 1, AP_F32},   /* 2x3 kernel, uneven padding */
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++) test_forward_case(c, &r, &fixed[i]);
     for (int t = 0; t < 12; t++) { /* random shapes */
-        cfg g = {1 + (int)(test_rng_next(&r) % 2), 3 + (int)(test_rng_next(&r) % 8), 3 + (int)(test_rng_next(&r) % 8),
-                 1 + (int)(test_rng_next(&r) % 9), 1 + (int)(test_rng_next(&r) % 9), 0, 0,
-                 1 + (int)(test_rng_next(&r) % 2), {0, 0, 0, 0}, (int)(test_rng_next(&r) % 2), AP_F32};
+        cfg g = {1 + (int)(test_rng_next(&r) % 2),
+                 3 + (int)(test_rng_next(&r) % 8),
+                 3 + (int)(test_rng_next(&r) % 8),
+                 1 + (int)(test_rng_next(&r) % 9),
+                 1 + (int)(test_rng_next(&r) % 9),
+                 0,
+                 0,
+                 1 + (int)(test_rng_next(&r) % 2),
+                 {0, 0, 0, 0},
+                 (int)(test_rng_next(&r) % 2),
+                 AP_F32};
         g.kh = g.kw = test_rng_next(&r) % 2 ? 3 : 1;
         for (int k = 0; k < 4; k++) g.pad[k] = g.kh == 3 ? (int)(test_rng_next(&r) % 2) : 0;
         test_forward_case(c, &r, &g);
@@ -111,10 +119,8 @@ static ap_tensor *conv_fn(ap_ctx *c, void *user, int n, ap_tensor **in) {
 static void test_gradients(ap_ctx *c) {
     test_rng r = {12};
     const cfg cases[] = {
-        {2, 5, 4, 3, 5, 3, 3, 1, {1, 1, 1, 1}, 1, AP_F32},
-        {1, 7, 5, 3, 4, 3, 3, 2, {1, 1, 1, 1}, 1, AP_F32},
-        {2, 6, 5, 2, 3, 3, 3, 2, {0, 1, 0, 1}, 1, AP_F32},
-        {1, 4, 5, 6, 5, 1, 1, 1, {0, 0, 0, 0}, 0, AP_F32},
+        {2, 5, 4, 3, 5, 3, 3, 1, {1, 1, 1, 1}, 1, AP_F32},  {1, 7, 5, 3, 4, 3, 3, 2, {1, 1, 1, 1}, 1, AP_F32},
+        {2, 6, 5, 2, 3, 3, 3, 2, {0, 1, 0, 1}, 1, AP_F32},  {1, 4, 5, 6, 5, 1, 1, 1, {0, 0, 0, 0}, 0, AP_F32},
         {1, 5, 5, 17, 9, 3, 3, 1, {1, 1, 1, 1}, 1, AP_F32},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
@@ -131,8 +137,8 @@ static void test_gradients(ap_ctx *c) {
 }
 
 /* Gradients of y = conv(x, w, b) for the seed gy, as copies. */
-static void grads(ap_ctx *c, const cfg *g, ap_tensor *x, ap_tensor *w, ap_tensor *b, ap_tensor *gy,
-                  ap_tensor **gx, ap_tensor **gw, ap_tensor **gb) {
+static void grads(ap_ctx *c, const cfg *g, ap_tensor *x, ap_tensor *w, ap_tensor *b, ap_tensor *gy, ap_tensor **gx,
+                  ap_tensor **gw, ap_tensor **gb) {
     ap_tensor_zero_grad(x), ap_tensor_zero_grad(w), ap_tensor_zero_grad(b);
     ap_tensor *y = ap_conv2d(c, x, w, b, params(g));
     CHECK(ap_backward(c, y, gy) == AP_OK);
@@ -177,8 +183,9 @@ static void test_frozen(ap_ctx *c) {
     s1 = ap_dnnl_get_stats(c);
     CHECK(gw1 == NULL && gb1 != NULL);
     CHECK(s1.conv_bwd_weights == s0.conv_bwd_weights);
-    if (gb1) test_close_f("conv2d bias gradient without the weight kernel", ap_tensor_cdata(gb1),
-                          ap_tensor_cdata(gb0), 6, 1e-5, 1e-5);
+    if (gb1)
+        test_close_f("conv2d bias gradient without the weight kernel", ap_tensor_cdata(gb1), ap_tensor_cdata(gb0),
+                     6, 1e-5, 1e-5);
     ap_tensor_release(gx1);
     ap_tensor_release(gb1);
 
@@ -216,7 +223,8 @@ static void test_accumulate(ap_ctx *c) {
         ap_tensor *two = ap_scale(c, g1[k], 2.0f);
         char label[64];
         snprintf(label, sizeof label, "conv2d second backward adds %s", nm[k]);
-        test_close_f(label, ap_tensor_cdata(ap_tensor_grad(lv[k])), ap_tensor_cdata(two), ap_tensor_numel(two), 0, 0);
+        test_close_f(label, ap_tensor_cdata(ap_tensor_grad(lv[k])), ap_tensor_cdata(two), ap_tensor_numel(two), 0,
+                     0);
         ap_tensor_release(two);
     }
     /* h = 1.5 x feeds two convolutions; dh gets beta 0 then beta 1 */
@@ -244,8 +252,10 @@ static void test_accumulate(ap_ctx *c) {
         int64_t m = ap_tensor_numel(x);
         double *ref = malloc((size_t)m * sizeof *ref);
         for (int64_t i = 0; i < m; i++)
-            ref[i] = (double)((const float *)ap_tensor_cdata(part[0]))[i] + ((const float *)ap_tensor_cdata(part[1]))[i];
-        test_close("conv2d gradient of a shared input is the sum of both uses", ap_tensor_cdata(gsum), ref, m, 1e-5, 1e-6);
+            ref[i] =
+                (double)((const float *)ap_tensor_cdata(part[0]))[i] + ((const float *)ap_tensor_cdata(part[1]))[i];
+        test_close("conv2d gradient of a shared input is the sum of both uses", ap_tensor_cdata(gsum), ref, m, 1e-5,
+                   1e-6);
         free(ref);
     }
     ap_tensor *ts[] = {x, w, b, gy, gx, gw, gb, w2, gy2, h, ys[0], ys[1], gsum, part[0], part[1]};
@@ -267,7 +277,8 @@ static void test_determinism(ap_ctx *c) {
         grads(c, &g, x, w, b, gy, &a[0], &a[1], &a[2]);
         grads(c, &g, x, w, b, gy, &bb[0], &bb[1], &bb[2]);
         for (int k = 0; k < 3; k++) {
-            CHECK_MSG(bit_equal(a[k], bb[k]), "conv2d gradient %d repeats bit for bit (%s)", k, prec ? "bf16" : "f32");
+            CHECK_MSG(bit_equal(a[k], bb[k]), "conv2d gradient %d repeats bit for bit (%s)", k,
+                      prec ? "bf16" : "f32");
             ap_tensor_release(a[k]);
             ap_tensor_release(bb[k]);
         }
@@ -384,8 +395,8 @@ static void test_packing(ap_ctx *c) {
 
 static void expect_error(ap_ctx *c, ap_tensor *y, ap_status st, const char *needle) {
     CHECK_MSG(y == NULL, "expected an error containing \"%s\"", needle);
-    CHECK_MSG(ap_last_status(c) == st, "status %s, expected %s (%s)", ap_strerror(ap_last_status(c)), ap_strerror(st),
-              ap_last_error(c));
+    CHECK_MSG(ap_last_status(c) == st, "status %s, expected %s (%s)", ap_strerror(ap_last_status(c)),
+              ap_strerror(st), ap_last_error(c));
     CHECK_MSG(strstr(ap_last_error(c), needle) != NULL, "message \"%s\" lacks \"%s\"", ap_last_error(c), needle);
     ap_tensor_release(y);
     ap_clear_error(c);
@@ -407,7 +418,8 @@ static void test_errors(ap_ctx *c) {
     expect_error(c, ap_conv2d(c, x3, w, NULL, p), AP_ERR_SHAPE, "x [5,5,3] must be 4-D");
     expect_error(c, ap_conv2d(c, x, w, NULL, (ap_conv_params){0, {1, 1, 1, 1}}), AP_ERR_INVALID_ARG, "stride 0");
     expect_error(c, ap_conv2d(c, x, w, NULL, (ap_conv_params){-2, {1, 1, 1, 1}}), AP_ERR_INVALID_ARG, "stride -2");
-    expect_error(c, ap_conv2d(c, x, w, NULL, (ap_conv_params){1, {1, -1, 1, 1}}), AP_ERR_INVALID_ARG, "pad[1] = -1");
+    expect_error(c, ap_conv2d(c, x, w, NULL, (ap_conv_params){1, {1, -1, 1, 1}}), AP_ERR_INVALID_ARG,
+                 "pad[1] = -1");
     expect_error(c, ap_conv2d(c, x, w, b5, p), AP_ERR_SHAPE, "bias [5] does not match");
     expect_error(c, ap_conv2d(c, xi, w, NULL, p), AP_ERR_DTYPE, "x has dtype i32");
     expect_error(c, ap_conv2d(c, x, wi, NULL, p), AP_ERR_DTYPE, "dtype i32");

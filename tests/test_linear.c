@@ -13,10 +13,10 @@
 static void release_all(ap_tensor **ts, size_t n) {
     for (size_t i = 0; i < n; i++) ap_tensor_release(ts[i]);
 }
-#define RELEASE(...)                                                                              \
-    do {                                                                                          \
-        ap_tensor *ts_[] = {__VA_ARGS__};                                                         \
-        release_all(ts_, sizeof ts_ / sizeof *ts_);                                               \
+#define RELEASE(...)                                                                                               \
+    do {                                                                                                           \
+        ap_tensor *ts_[] = {__VA_ARGS__};                                                                          \
+        release_all(ts_, sizeof ts_ / sizeof *ts_);                                                                \
     } while (0)
 
 static int bit_equal(const ap_tensor *a, const ap_tensor *b) {
@@ -35,10 +35,21 @@ static void test_linear_forward(ap_ctx *c) {
         int in, out, bias;
         ap_dtype wdt;
     } cases[] = {
-        {3, {2, 3}, 7, 5, 1, AP_F32}, {2, {1}, 13, 1, 0, AP_F32}, {2, {4}, 33, 17, 1, AP_F32},
-        {1, {0}, 9, 4, 1, AP_F32},    {2, {37}, 64, 48, 1, AP_F32}, {3, {3, 5}, 24, 40, 1, AP_BF16},
-        {2, {6}, 12, 10, 0, AP_F16},  {2, {200}, 96, 80, 1, AP_F32}, {0},
-        {0}, {0}, {0}, {0}, {0}, {0}, /* random shapes, filled below */
+        {3, {2, 3}, 7, 5, 1, AP_F32},
+        {2, {1}, 13, 1, 0, AP_F32},
+        {2, {4}, 33, 17, 1, AP_F32},
+        {1, {0}, 9, 4, 1, AP_F32},
+        {2, {37}, 64, 48, 1, AP_F32},
+        {3, {3, 5}, 24, 40, 1, AP_BF16},
+        {2, {6}, 12, 10, 0, AP_F16},
+        {2, {200}, 96, 80, 1, AP_F32},
+        {0},
+        {0},
+        {0},
+        {0},
+        {0},
+        {0},
+        {0}, /* random shapes, filled below */
     };
     size_t nfixed = 8;
     for (size_t t = nfixed; t < sizeof cases / sizeof *cases; t++) {
@@ -87,9 +98,7 @@ static ap_tensor *linear_fn(ap_ctx *c, void *user, int n, ap_tensor **in) {
 }
 
 /* y = linear(x, x): the same tensor as input and weight (aliased gradients) */
-static ap_tensor *self_fn(ap_ctx *c, void *user, int n, ap_tensor **in) {
-    return ap_linear(c, in[0], in[0], NULL);
-}
+static ap_tensor *self_fn(ap_ctx *c, void *user, int n, ap_tensor **in) { return ap_linear(c, in[0], in[0], NULL); }
 
 static void test_linear_grad(ap_ctx *c) {
     test_rng r = {22};
@@ -172,8 +181,10 @@ static void test_linear_frozen(ap_ctx *c) {
 static void test_linear_shared_input(ap_ctx *c) {
     test_rng r = {24};
     ap_tensor *x = test_rand_leaf(c, &r, 2, (int64_t[]){5, 8}, -1, 1);
-    ap_tensor *w1 = test_rand(c, &r, 2, (int64_t[]){3, 8}, -1, 1), *w2 = test_rand(c, &r, 2, (int64_t[]){4, 8}, -1, 1);
-    ap_tensor *g1 = test_rand(c, &r, 2, (int64_t[]){5, 3}, -1, 1), *g2 = test_rand(c, &r, 2, (int64_t[]){5, 4}, -1, 1);
+    ap_tensor *w1 = test_rand(c, &r, 2, (int64_t[]){3, 8}, -1, 1),
+              *w2 = test_rand(c, &r, 2, (int64_t[]){4, 8}, -1, 1);
+    ap_tensor *g1 = test_rand(c, &r, 2, (int64_t[]){5, 3}, -1, 1),
+              *g2 = test_rand(c, &r, 2, (int64_t[]){5, 4}, -1, 1);
     ap_tensor *h = ap_scale(c, x, 2.0f);
     ap_tensor *ys[2] = {ap_linear(c, h, w1, NULL), ap_linear(c, h, w2, NULL)}, *gs[2] = {g1, g2};
     CHECK(ap_backward_multi(c, 2, ys, gs) == AP_OK);
@@ -186,7 +197,8 @@ static void test_linear_shared_input(ap_ctx *c) {
             ref[i * 8 + k] = 2.0 * s;
         }
     CHECK(ap_tensor_grad(x) != NULL);
-    if (ap_tensor_grad(x)) test_close("linear: shared input gets both gradients", F(ap_tensor_grad(x)), ref, 40, 1e-5, 1e-6);
+    if (ap_tensor_grad(x))
+        test_close("linear: shared input gets both gradients", F(ap_tensor_grad(x)), ref, 40, 1e-5, 1e-6);
     RELEASE(x, w1, w2, g1, g2, h, ys[0], ys[1]);
 }
 
@@ -246,7 +258,10 @@ static void test_matmul(ap_ctx *c) {
             ap_tensor *in[2] = {test_rand_leaf(c, &r, an, as, -1, 1), test_rand_leaf(c, &r, bn, bs, -1, 1)};
             char label[128];
             snprintf(label, sizeof label, "matmul %s trans_a %d trans_b %d",
-                     shape == 0 ? "2-D" : shape == 1 ? "batched" : "shared b", m.ta, m.tb);
+                     shape == 0   ? "2-D"
+                     : shape == 1 ? "batched"
+                                  : "shared b",
+                     m.ta, m.tb);
             ap_tensor *y = ap_matmul(c, in[0], in[1], m.ta, m.tb);
             CHECK_OK(c);
             if (y) {
@@ -372,7 +387,7 @@ static void test_convert_kernel(void) {
     uint16_t got[1000];
     for (int i = 0; i < 1000; i++) {
         uint32_t u = (uint32_t)test_rng_next(&r);
-        if ((u & 0x7f800000u) == 0) u |= 0x00800000u; /* no denormals */
+        if ((u & 0x7f800000u) == 0) u |= 0x00800000u;    /* no denormals */
         if (i % 7 == 0) u = (u & 0xffff0000u) | 0x8000u; /* exact ties */
         memcpy(&v[i], &u, 4);
     }
@@ -407,7 +422,8 @@ static void test_sum_rows(void) {
             }
             ap_cpu_sum_rows(dst, src, rows, cols, (float)beta);
             char label[64];
-            snprintf(label, sizeof label, "column sums of [%lld,%lld], beta %d", (long long)rows, (long long)cols, beta);
+            snprintf(label, sizeof label, "column sums of [%lld,%lld], beta %d", (long long)rows, (long long)cols,
+                     beta);
             test_close(label, dst, ref, cols, 1e-6, 1e-6);
         }
         free(src);
@@ -417,8 +433,8 @@ static void test_sum_rows(void) {
 /* ------------------------------------------------------------ errors */
 static void expect_error(ap_ctx *c, ap_tensor *y, ap_status st, const char *needle) {
     CHECK_MSG(y == NULL, "expected an error containing \"%s\"", needle);
-    CHECK_MSG(ap_last_status(c) == st, "status %s, expected %s (%s)", ap_strerror(ap_last_status(c)), ap_strerror(st),
-              ap_last_error(c));
+    CHECK_MSG(ap_last_status(c) == st, "status %s, expected %s (%s)", ap_strerror(ap_last_status(c)),
+              ap_strerror(st), ap_last_error(c));
     CHECK_MSG(strstr(ap_last_error(c), needle) != NULL, "message \"%s\" lacks \"%s\"", ap_last_error(c), needle);
     ap_tensor_release(y);
     ap_clear_error(c);
@@ -433,7 +449,8 @@ static void test_errors(ap_ctx *c) {
     ap_tensor *b4 = test_rand(c, &r, 1, (int64_t[]){4}, -1, 1);
     ap_tensor *xi = ap_tensor_zeros(c, AP_I64, 2, (int64_t[]){4, 6});
     ap_tensor_set_name(w, "to_q.weight");
-    expect_error(c, ap_linear(c, x, w, NULL), AP_ERR_SHAPE, "x [4,6] has 6 features, weight to_q.weight [3,5] expects 5");
+    expect_error(c, ap_linear(c, x, w, NULL), AP_ERR_SHAPE,
+                 "x [4,6] has 6 features, weight to_q.weight [3,5] expects 5");
     expect_error(c, ap_linear(c, x, w3, NULL), AP_ERR_SHAPE, "must be 2-D");
     expect_error(c, ap_linear(c, x, wok, b4), AP_ERR_SHAPE, "bias [4] does not match");
     expect_error(c, ap_linear(c, xi, wok, NULL), AP_ERR_DTYPE, "x has dtype i64");

@@ -10,7 +10,18 @@
  * product per batch element accumulated in order. */
 #include "backend/cpu/dnnl.h"
 
+#include <stdio.h>
+
 static bool is_float(ap_dtype dt) { return dt == AP_F32 || dt == AP_BF16 || dt == AP_F16; }
+
+/* "weight" or "weight <name>", for messages */
+static const char *weight_label(const ap_tensor *w, char *buf, size_t n) {
+    if (w->name && *w->name)
+        snprintf(buf, n, "weight %s", w->name);
+    else
+        snprintf(buf, n, "weight");
+    return buf;
+}
 
 /* ------------------------------------------------------------ linear */
 static void linear_backward(ap_ctx *c, ap_node *n) {
@@ -27,26 +38,26 @@ static void linear_backward(ap_ctx *c, ap_node *n) {
 }
 
 ap_tensor *ap_linear(ap_ctx *c, ap_tensor *x, ap_tensor *w, ap_tensor *bias) {
-    char s1[96], s2[96];
+    char s1[96], s2[96], wl[160];
     if (!c || !ap_check_input(c, "linear", "x", x, AP_F32)) return NULL;
     if (!w) {
         ap_seterr(c, AP_ERR_INVALID_ARG, "linear: weight is NULL");
         return NULL;
     }
     if (!is_float(w->dtype)) {
-        ap_seterr(c, AP_ERR_DTYPE, "linear: weight%s%s has dtype %s (need f32, bf16 or f16)",
-                  w->name ? " " : "", w->name ? w->name : "", ap_dtype_name(w->dtype));
+        ap_seterr(c, AP_ERR_DTYPE, "linear: %s has dtype %s (need f32, bf16 or f16)",
+                  weight_label(w, wl, sizeof wl), ap_dtype_name(w->dtype));
         return NULL;
     }
     if (w->ndim != 2) {
-        ap_seterr(c, AP_ERR_SHAPE, "linear: weight%s%s %s must be 2-D [out,in]", w->name ? " " : "", w->name ? w->name : "",
+        ap_seterr(c, AP_ERR_SHAPE, "linear: %s %s must be 2-D [out,in]", weight_label(w, wl, sizeof wl),
                   ap_shape_str(w, s1, sizeof s1));
         return NULL;
     }
     if (x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1]) {
-        ap_seterr(c, AP_ERR_SHAPE, "linear: x %s has %lld features, weight%s%s %s expects %lld",
+        ap_seterr(c, AP_ERR_SHAPE, "linear: x %s has %lld features, %s %s expects %lld",
                   ap_shape_str(x, s1, sizeof s1), x->ndim ? (long long)x->shape[x->ndim - 1] : 0LL,
-                  w->name ? " " : "", w->name ? w->name : "", ap_shape_str(w, s2, sizeof s2), (long long)w->shape[1]);
+                  weight_label(w, wl, sizeof wl), ap_shape_str(w, s2, sizeof s2), (long long)w->shape[1]);
         return NULL;
     }
     int64_t in = w->shape[1], out = w->shape[0];
@@ -56,8 +67,9 @@ ap_tensor *ap_linear(ap_ctx *c, ap_tensor *x, ap_tensor *w, ap_tensor *bias) {
             return NULL;
         }
         if (bias->ndim != 1 || bias->shape[0] != out) {
-            ap_seterr(c, AP_ERR_SHAPE, "linear: bias %s does not match weight %s (%lld outputs)",
-                      ap_shape_str(bias, s1, sizeof s1), ap_shape_str(w, s2, sizeof s2), (long long)out);
+            ap_seterr(c, AP_ERR_SHAPE, "linear: bias %s does not match %s %s (%lld outputs)",
+                      ap_shape_str(bias, s1, sizeof s1), weight_label(w, wl, sizeof wl),
+                      ap_shape_str(w, s2, sizeof s2), (long long)out);
             return NULL;
         }
     }
@@ -137,8 +149,8 @@ static void matmul_backward(ap_ctx *c, ap_node *n) {
     if (gb && !ap_failed(c)) {
         const ap_tensor *a = n->saved[1];
         ap_dnnl_mat opa = view(ap_data(a), AP_F32, M * K, ta ? M : K, ta); /* [M x K] */
-        ap_dnnl_mat dyt = transposed(dy);                                   /* [N x M] */
-        ap_dnnl_mat opat = transposed(opa);                                 /* [K x M] */
+        ap_dnnl_mat dyt = transposed(dy);                                  /* [N x M] */
+        ap_dnnl_mat opat = transposed(opa);                                /* [K x M] */
         int64_t nb = batch, rows = M;
         if (shared && !ta) { /* sum over the batch inside one product: its rows are contiguous */
             nb = 1;

@@ -94,8 +94,7 @@ static dnnl_state *state(ap_ctx *c) {
     if (s == dnnl_success) s = dnnl_stream_create(&d->stream, d->eng, dnnl_stream_default_flags);
     if (s != dnnl_success) {
         state_free(d);
-        ap_seterr(c, AP_ERR_BACKEND, "oneDNN backend: cannot create the CPU engine (%s)",
-                  dnnl_status2str(s));
+        ap_seterr(c, AP_ERR_BACKEND, "oneDNN backend: cannot create the CPU engine (%s)", dnnl_status2str(s));
         return NULL;
     }
     c->backend = d;
@@ -157,8 +156,8 @@ static bool table_grow(dnnl_state *d) {
 /* The primitive for key k, built by build on a miss. With the cache off the
  * entry is built into *tmp and put_prim destroys it after use. Entries live
  * behind pointers, so one stays valid while another is looked up. */
-static dnnl_status_t get_prim(dnnl_state *d, const pkey *k, build_fn build, const void *arg,
-                              pentry *tmp, pentry **out) {
+static dnnl_status_t get_prim(dnnl_state *d, const pkey *k, build_fn build, const void *arg, pentry *tmp,
+                              pentry **out) {
     size_t slot = 0;
     if (!d->cache_off && d->cap) {
         slot = key_hash(k) & (d->cap - 1);
@@ -240,8 +239,8 @@ typedef struct {
 
 /* Runs prim with the given arguments (memory descriptors from its primitive
  * descriptor) and a scratchpad from the arena, and waits. */
-static dnnl_status_t run(ap_ctx *c, dnnl_state *d, dnnl_primitive_t prim,
-                         const_dnnl_primitive_desc_t pd, int n, const xarg *a) {
+static dnnl_status_t run(ap_ctx *c, dnnl_state *d, dnnl_primitive_t prim, const_dnnl_primitive_desc_t pd, int n,
+                         const xarg *a) {
     dnnl_exec_arg_t ea[12];
     int m = 0;
     dnnl_status_t s = dnnl_success;
@@ -337,16 +336,15 @@ typedef struct {
     size_t nbytes;
 } tmpbuf;
 
-static const void *as_dtype(ap_ctx *c, const void *src, ap_dtype sdt, ap_dtype dt, int64_t n,
-                            tmpbuf *t) {
+static const void *as_dtype(ap_ctx *c, const void *src, ap_dtype sdt, ap_dtype dt, int64_t n, tmpbuf *t) {
     t->p = NULL;
     t->nbytes = 0;
     if (sdt == dt) return src;
     t->nbytes = (size_t)n * ap_dtype_size(dt);
     t->p = ap_arena_alloc(c->arena, t->nbytes);
     if (!t->p) {
-        ap_seterr(c, AP_ERR_NOMEM, "oneDNN backend: out of memory converting %lld elements to %s",
-                  (long long)n, ap_dtype_name(dt));
+        ap_seterr(c, AP_ERR_NOMEM, "oneDNN backend: out of memory converting %lld elements to %s", (long long)n,
+                  ap_dtype_name(dt));
         return NULL;
     }
     if (sdt == AP_F32 && dt == AP_BF16)
@@ -428,9 +426,8 @@ static dnnl_data_type_t weight_dt(const ap_tensor *w) {
 
 /* The data of weight w in layout want, packed on first use and cached under
  * kind. user describes w's stored data (with f32 for an f16 tensor). */
-static dnnl_status_t packed_weights(dnnl_state *d, ap_tensor *w, int kind,
-                                    const dnnl_memory_desc_t *user, const dnnl_memory_desc_t *want,
-                                    const void **out) {
+static dnnl_status_t packed_weights(dnnl_state *d, ap_tensor *w, int kind, const dnnl_memory_desc_t *user,
+                                    const dnnl_memory_desc_t *want, const void **out) {
     if (w->dtype != AP_F16 && dnnl_memory_desc_equal(user, want)) {
         *out = ap_data(w);
         return dnnl_success;
@@ -485,18 +482,17 @@ static dnnl_status_t packed_weights(dnnl_state *d, ap_tensor *w, int kind,
 /* ------------------------------------------------------------ errors */
 static ap_status fail(ap_ctx *c, dnnl_status_t s, const char *op, const char *what) {
     if (ap_failed(c)) return c->status;
-    return ap_seterr(c, s == dnnl_out_of_memory ? AP_ERR_NOMEM : AP_ERR_BACKEND, "%s: oneDNN %s: %s",
-                     op, dnnl_status2str(s), what);
+    return ap_seterr(c, s == dnnl_out_of_memory ? AP_ERR_NOMEM : AP_ERR_BACKEND, "%s: oneDNN %s: %s", op,
+                     dnnl_status2str(s), what);
 }
 
 static ap_status conv_fail(ap_ctx *c, dnnl_status_t s, const char *what, const ap_conv_geom *g) {
     char buf[320];
     snprintf(buf, sizeof buf,
              "%s for x [%lld,%lld,%lld,%lld], w [%lld,%lld,%lld,%lld], stride %lld, pad {%lld,%lld,%lld,%lld}",
-             what, (long long)g->n, (long long)g->h, (long long)g->w, (long long)g->cin,
-             (long long)g->cout, (long long)g->cin, (long long)g->kh, (long long)g->kw,
-             (long long)g->stride, (long long)g->pad[0], (long long)g->pad[1], (long long)g->pad[2],
-             (long long)g->pad[3]);
+             what, (long long)g->n, (long long)g->h, (long long)g->w, (long long)g->cin, (long long)g->cout,
+             (long long)g->cin, (long long)g->kh, (long long)g->kw, (long long)g->stride, (long long)g->pad[0],
+             (long long)g->pad[1], (long long)g->pad[2], (long long)g->pad[3]);
     return fail(c, s, "conv2d", buf);
 }
 
@@ -526,8 +522,8 @@ static dnnl_status_t build_conv(dnnl_state *d, const void *arg, dnnl_primitive_d
     if (s != dnnl_success) return s;
 
     dnnl_convolution_desc_t fwd, bwd;
-    s = dnnl_convolution_forward_desc_init(&fwd, dnnl_forward_training, dnnl_convolution_direct, &src,
-                                           &wei, a->bias ? &bia : NULL, &dst, st, pl, pr);
+    s = dnnl_convolution_forward_desc_init(&fwd, dnnl_forward_training, dnnl_convolution_direct, &src, &wei,
+                                           a->bias ? &bia : NULL, &dst, st, pl, pr);
     if (s != dnnl_success) return s;
     dnnl_primitive_attr_t attr;
     s = attr_new(&attr, false);
@@ -539,8 +535,8 @@ static dnnl_status_t build_conv(dnnl_state *d, const void *arg, dnnl_primitive_d
         s = dnnl_primitive_desc_create(&hint, &fwd, NULL, d->eng, NULL);
         if (s == dnnl_success) {
             if (a->kind == P_CONV_BWD_D)
-                s = dnnl_convolution_backward_data_desc_init(&bwd, dnnl_convolution_direct, &dsrc, &wei,
-                                                             &ddst, st, pl, pr);
+                s = dnnl_convolution_backward_data_desc_init(&bwd, dnnl_convolution_direct, &dsrc, &wei, &ddst, st,
+                                                             pl, pr);
             else
                 s = dnnl_convolution_backward_weights_desc_init(&bwd, dnnl_convolution_direct, &src, &dwei,
                                                                 a->bias ? &bia : NULL, &ddst, st, pl, pr);
@@ -572,8 +568,8 @@ static dnnl_status_t conv_weights(dnnl_state *d, const ap_conv_geom *g, const_dn
     return packed_weights(d, w, PACK_CONV, &user, want, out);
 }
 
-ap_status ap_dnnl_conv_forward(ap_ctx *c, const ap_conv_geom *g, const float *x, ap_tensor *w,
-                               const float *bias, float *y) {
+ap_status ap_dnnl_conv_forward(ap_ctx *c, const ap_conv_geom *g, const float *x, ap_tensor *w, const float *bias,
+                               float *y) {
     dnnl_state *d = state(c);
     if (!d) return c->status;
     if (g->n == 0) return AP_OK;
@@ -586,9 +582,8 @@ ap_status ap_dnnl_conv_forward(ap_ctx *c, const ap_conv_geom *g, const float *x,
     const void *wp = NULL;
     s = conv_weights(d, g, e->pd, w, &wp);
     tmpbuf tx;
-    const void *src = s == dnnl_success ? as_dtype(c, x, AP_F32, bf ? AP_BF16 : AP_F32,
-                                                   g->n * g->h * g->w * g->cin, &tx)
-                                        : NULL;
+    const void *src =
+        s == dnnl_success ? as_dtype(c, x, AP_F32, bf ? AP_BF16 : AP_F32, g->n * g->h * g->w * g->cin, &tx) : NULL;
     if (s == dnnl_success && src) {
         xarg a[] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, y}, {DNNL_ARG_BIAS, bias}};
         s = run(c, d, e->prim, e->pd, bias ? 4 : 3, a);
@@ -628,9 +623,8 @@ static ap_status conv_bwd_data(ap_ctx *c, dnnl_state *d, const ap_conv_geom *g, 
     return AP_OK;
 }
 
-static ap_status conv_bwd_weights(ap_ctx *c, dnnl_state *d, const ap_conv_geom *g, const void *dyc,
-                                  bool bf, const float *x, float *dw, float beta_w, float *db,
-                                  float beta_b) {
+static ap_status conv_bwd_weights(ap_ctx *c, dnnl_state *d, const ap_conv_geom *g, const void *dyc, bool bf,
+                                  const float *x, float *dw, float beta_w, float *db, float beta_b) {
     conv_arg ca = {g, bf ? dnnl_bf16 : dnnl_f32, db != NULL, P_CONV_BWD_W};
     pkey k = conv_key(c, P_CONV_BWD_W, bf, db != NULL, g);
     pentry tmp = {0}, *e;
@@ -654,8 +648,8 @@ static ap_status conv_bwd_weights(ap_ctx *c, dnnl_state *d, const ap_conv_geom *
     float *bt = (db && beta_b != 0.0f) ? ap_arena_alloc(c->arena, bbytes) : db;
     if (!wt || (db && !bt)) s = dnnl_out_of_memory;
     if (s == dnnl_success) {
-        xarg a[] = {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dyc}, {DNNL_ARG_DIFF_WEIGHTS, wt},
-                    {DNNL_ARG_DIFF_BIAS, bt}};
+        xarg a[] = {
+            {DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, dyc}, {DNNL_ARG_DIFF_WEIGHTS, wt}, {DNNL_ARG_DIFF_BIAS, bt}};
         s = run(c, d, e->prim, e->pd, db ? 4 : 3, a);
         d->stats.conv_bwd_weights++;
     }
@@ -688,9 +682,8 @@ static ap_status conv_bwd_weights(ap_ctx *c, dnnl_state *d, const ap_conv_geom *
     return AP_OK;
 }
 
-ap_status ap_dnnl_conv_backward(ap_ctx *c, const ap_conv_geom *g, const float *dy, ap_tensor *w,
-                                float *dx, float beta_x, const float *x, float *dw, float beta_w,
-                                float *db, float beta_b) {
+ap_status ap_dnnl_conv_backward(ap_ctx *c, const ap_conv_geom *g, const float *dy, ap_tensor *w, float *dx,
+                                float beta_x, const float *x, float *dw, float beta_w, float *db, float beta_b) {
     dnnl_state *d = state(c);
     if (!d) return c->status;
     int64_t ny = g->n * g->oh * g->ow * g->cout;
@@ -769,8 +762,8 @@ static ap_status mm_fail(ap_ctx *c, dnnl_status_t s, const char *op, const char 
 /* Runs one matmul. a and b are in a->dt already; with w non-NULL the
  * weights come from w (packed under pack_kind; a->sb describes w's layout)
  * and b is ignored. */
-static ap_status mm_run(ap_ctx *c, dnnl_state *d, const char *op, const mm_arg *a, const void *pa,
-                        const void *pb, ap_tensor *w, int pack_kind, const float *bias, float *out) {
+static ap_status mm_run(ap_ctx *c, dnnl_state *d, const char *op, const mm_arg *a, const void *pa, const void *pb,
+                        ap_tensor *w, int pack_kind, const float *bias, float *out) {
     pkey k = key_new(c, P_MATMUL, a->dt == dnnl_bf16, a->bias | a->sum << 1 | a->wany << 2);
     int64_t v[] = {a->batch, a->m, a->n, a->k, a->sa[0], a->sa[1], a->sa[2], a->sb[0], a->sb[1], a->sb[2]};
     _Static_assert(sizeof v / sizeof v[0] <= KEY_N, "matmul key");
@@ -809,8 +802,7 @@ static void fill_bias(float *out, int64_t rows, int64_t n, const float *bias, fl
 }
 
 ap_status ap_dnnl_matmul(ap_ctx *c, const char *op, int64_t batch, int64_t m, int64_t n, int64_t k,
-                         const ap_dnnl_mat *a, const ap_dnnl_mat *b, const float *bias, float *out,
-                         float beta) {
+                         const ap_dnnl_mat *a, const ap_dnnl_mat *b, const float *bias, float *out, float beta) {
     dnnl_state *d = state(c);
     if (!d) return c->status;
     if (batch == 0 || m == 0 || n == 0) return AP_OK;
@@ -820,8 +812,16 @@ ap_status ap_dnnl_matmul(ap_ctx *c, const char *op, int64_t batch, int64_t m, in
     }
     bool bf = ap_dnnl_use_bf16(c);
     ap_dtype cdt = bf ? AP_BF16 : AP_F32;
-    mm_arg ma = {batch, m, n, k, {a->sb, a->sr, a->sc}, {b->sb, b->sr, b->sc},
-                 bf ? dnnl_bf16 : dnnl_f32, bias != NULL, beta != 0.0f, false};
+    mm_arg ma = {batch,
+                 m,
+                 n,
+                 k,
+                 {a->sb, a->sr, a->sc},
+                 {b->sb, b->sr, b->sc},
+                 bf ? dnnl_bf16 : dnnl_f32,
+                 bias != NULL,
+                 beta != 0.0f,
+                 false};
     if (batch > 1 && b->sb == 0 && a->sb == m * a->sr) { /* shared b: one product over all rows */
         ma.batch = 1;
         ma.m = batch * m;
@@ -837,8 +837,8 @@ ap_status ap_dnnl_matmul(ap_ctx *c, const char *op, int64_t batch, int64_t m, in
     return st;
 }
 
-ap_status ap_dnnl_linear_forward(ap_ctx *c, int64_t rows, int64_t in, int64_t out, const float *x,
-                                 ap_tensor *w, const float *bias, float *y) {
+ap_status ap_dnnl_linear_forward(ap_ctx *c, int64_t rows, int64_t in, int64_t out, const float *x, ap_tensor *w,
+                                 const float *bias, float *y) {
     dnnl_state *d = state(c);
     if (!d) return c->status;
     if (rows == 0 || out == 0) return AP_OK;
@@ -857,9 +857,9 @@ ap_status ap_dnnl_linear_forward(ap_ctx *c, int64_t rows, int64_t in, int64_t ou
     return st;
 }
 
-ap_status ap_dnnl_linear_backward(ap_ctx *c, int64_t rows, int64_t in, int64_t out, const float *dy,
-                                  ap_tensor *w, float *dx, float beta_x, const float *x, float *dw,
-                                  float beta_w, float *db, float beta_b) {
+ap_status ap_dnnl_linear_backward(ap_ctx *c, int64_t rows, int64_t in, int64_t out, const float *dy, ap_tensor *w,
+                                  float *dx, float beta_x, const float *x, float *dw, float beta_w, float *db,
+                                  float beta_b) {
     dnnl_state *d = state(c);
     if (!d) return c->status;
     if (db) ap_cpu_sum_rows(db, dy, rows, out, beta_b);

@@ -31,17 +31,16 @@ typedef struct {
 } ap_conv_geom;
 
 /* y = conv(x, w) + bias. bias [cout] f32 or NULL. */
-ap_status ap_dnnl_conv_forward(ap_ctx *c, const ap_conv_geom *g, const float *x /* [n,h,w,cin] */,
-                               ap_tensor *w, const float *bias /* [cout] */,
-                               float *y /* [n,oh,ow,cout] */);
+ap_status ap_dnnl_conv_forward(ap_ctx *c, const ap_conv_geom *g, const float *x /* [n,h,w,cin] */, ap_tensor *w,
+                               const float *bias /* [cout] */, float *y /* [n,oh,ow,cout] */);
 
 /* The gradients of a convolution from dy, each only when its pointer is
  * non-NULL: dx (needs w), dw (needs x; layout [cout,cin,kh,kw]) and db. dy is
  * converted to bf16 once for all of them in bf16 mode. */
 ap_status ap_dnnl_conv_backward(ap_ctx *c, const ap_conv_geom *g, const float *dy /* [n,oh,ow,cout] */,
                                 ap_tensor *w, float *dx /* [n,h,w,cin] */, float beta_x,
-                                const float *x /* [n,h,w,cin] */, float *dw /* [cout,cin,kh,kw] */,
-                                float beta_w, float *db /* [cout] */, float beta_b);
+                                const float *x /* [n,h,w,cin] */, float *dw /* [cout,cin,kh,kw] */, float beta_w,
+                                float *db /* [cout] */, float beta_b);
 
 /* One operand of ap_dnnl_matmul: element (b, r, col) is at
  * data[b*sb + r*sr + col*sc]; sb 0 shares one matrix across the batch. One of
@@ -57,21 +56,18 @@ typedef struct {
  * bf16 operand is widened; in bf16 mode an f32 one is narrowed. op names the
  * calling op in error messages. */
 ap_status ap_dnnl_matmul(ap_ctx *c, const char *op, int64_t batch, int64_t m, int64_t n, int64_t k,
-                         const ap_dnnl_mat *a, const ap_dnnl_mat *b, const float *bias,
-                         float *out, float beta);
+                         const ap_dnnl_mat *a, const ap_dnnl_mat *b, const float *bias, float *out, float beta);
 
 /* y = x w^T + bias with w [out,in] a weight tensor (packed and cached).
  * bias [out] f32 or NULL. */
-ap_status ap_dnnl_linear_forward(ap_ctx *c, int64_t rows, int64_t in, int64_t out,
-                                 const float *x /* [rows,in] */, ap_tensor *w,
-                                 const float *bias /* [out] */, float *y /* [rows,out] */);
+ap_status ap_dnnl_linear_forward(ap_ctx *c, int64_t rows, int64_t in, int64_t out, const float *x /* [rows,in] */,
+                                 ap_tensor *w, const float *bias /* [out] */, float *y /* [rows,out] */);
 
 /* Gradients of ap_dnnl_linear_forward, each only when its pointer is
  * non-NULL: dx = dy w (needs w), dw = dy^T x (needs x), db = column sums of dy. */
 ap_status ap_dnnl_linear_backward(ap_ctx *c, int64_t rows, int64_t in, int64_t out,
-                                  const float *dy /* [rows,out] */, ap_tensor *w,
-                                  float *dx /* [rows,in] */, float beta_x,
-                                  const float *x /* [rows,in] */, float *dw /* [out,in] */,
+                                  const float *dy /* [rows,out] */, ap_tensor *w, float *dx /* [rows,in] */,
+                                  float beta_x, const float *x /* [rows,in] */, float *dw /* [out,in] */,
                                   float beta_w, float *db /* [out] */, float beta_b);
 
 /* True when the context computes conv and matmul in bf16: bf16 precision and
@@ -80,8 +76,8 @@ bool ap_dnnl_use_bf16(const ap_ctx *c);
 
 /* dst = beta*dst + column sums of src, in a fixed order (deterministic for
  * any thread count). */
-void ap_cpu_sum_rows(float *dst /* [cols] */, const float *src /* [rows,cols] */, int64_t rows,
-                     int64_t cols, float beta);
+void ap_cpu_sum_rows(float *dst /* [cols] */, const float *src /* [rows,cols] */, int64_t rows, int64_t cols,
+                     float beta);
 
 /* f32 -> bf16, round to nearest even (AVX512-BF16 when the CPU has it). */
 void ap_cpu_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
