@@ -276,9 +276,9 @@ int main(int argc, char **argv) {
                        (long long)b.rows, (long long)b.in, (long long)b.out, pn, on * 1e6, off * 1e6);
                 if (js)
                     fprintf(js,
-                            ",\n  {\"case\": \"cache %s\", \"precision\": \"%s\", \"us_cached\": %.2f, "
-                            "\"us_uncached\": %.2f}",
-                            name, pn, on * 1e6, off * 1e6);
+                            ",\n  {\"case\": \"cache ap_linear %lldx%lld->%lld\", \"precision\": \"%s\", "
+                            "\"us_cached\": %.2f, \"us_uncached\": %.2f}",
+                            (long long)b.rows, (long long)b.in, (long long)b.out, pn, on * 1e6, off * 1e6);
             }
         }
         ap_tensor *ts[] = {b.xl, b.wl, b.yl, b.dyl, b.dxl, b.dwl};
