@@ -5,7 +5,8 @@
  *
  *   build/bench/ops [--runs N] [--json out.json] [--quick] [--only conv|attn|norm|elem]
  */
-#define _GNU_SOURCE
+#include "peaks.h"
+
 #include "alignprop.h"
 
 #include <immintrin.h>
@@ -42,150 +43,6 @@ static stats summarize(double *t, int n) {
     qsort(t, (size_t)n, sizeof *t, cmp_d);
     stats s = {t[0], n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]), t[n - 1]};
     return s;
-}
-
-/* ------------------------------------------------------------ peaks */
-__attribute__((target("avx512f"))) static double fma_loop(long iters) {
-    double total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-        __m512 a[12], b = _mm512_set1_ps(0.999999f), c = _mm512_set1_ps(1e-7f);
-        for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-        for (long it = 0; it < iters; it++)
-            for (int i = 0; i < 12; i++) a[i] = _mm512_fmadd_ps(a[i], b, c);
-        __m512 s = a[0];
-        for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
-        total += _mm512_reduce_add_ps(s);
-    }
-    return total;
-}
-
-static double peak_fma(void) {
-    long iters = g_quick ? 2000000 : 20000000;
-    double t[7];
-    for (int r = 0; r < 7; r++) {
-        double t0 = now();
-        volatile double sink = fma_loop(iters);
-        (void)sink;
-        t[r] = now() - t0;
-    }
-    stats s = summarize(t, 7);
-    return (double)iters * 12 * 32 * omp_get_max_threads() / s.med / 1e9;
-}
-
-/* AVX512-BF16 dot products (VDPBF16PS: 32 bf16 pairs -> 16 f32 sums, 64 flops). */
-__attribute__((target("avx512f,avx512bf16"))) static double bf16dp_loop(long iters) {
-    double total = 0;
-#pragma omp parallel reduction(+ : total)
-    {
-        __m512 a[12];
-        __m512bh x = (__m512bh)_mm512_set1_epi16(0x3f80), y = (__m512bh)_mm512_set1_epi16(0x3400);
-        for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-        for (long it = 0; it < iters; it++)
-            for (int i = 0; i < 12; i++) a[i] = _mm512_dpbf16_ps(a[i], x, y);
-        __m512 s = a[0];
-        for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
-        total += _mm512_reduce_add_ps(s);
-    }
-    return total;
-}
-
-static double peak_bf16dp(void) {
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("avx512bf16")) return 0;
-    long iters = g_quick ? 2000000 : 20000000;
-    double t[7];
-    for (int r = 0; r < 7; r++) {
-        double t0 = now();
-        volatile double sink = bf16dp_loop(iters);
-        (void)sink;
-        t[r] = now() - t0;
-    }
-    stats s = summarize(t, 7);
-    return (double)iters * 12 * 64 * omp_get_max_threads() / s.med / 1e9;
-}
-
-typedef struct {
-    uint8_t palette, start_row, reserved[14];
-    uint16_t colsb[16];
-    uint8_t rows[16];
-} tilecfg;
-
-static int amx_ok(void) {
-    __builtin_cpu_init();
-    if (!__builtin_cpu_supports("amx-bf16")) return 0;
-    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
-}
-
-__attribute__((target("amx-tile,amx-bf16"))) static void amx_loop(long iters) {
-#pragma omp parallel
-    {
-        tilecfg cfg;
-        memset(&cfg, 0, sizeof cfg);
-        cfg.palette = 1;
-        for (int i = 0; i < 8; i++) {
-            cfg.rows[i] = 16;
-            cfg.colsb[i] = 64;
-        }
-        _tile_loadconfig(&cfg);
-        static __thread uint16_t buf[16 * 32] __attribute__((aligned(64)));
-        static __thread float out[16 * 16] __attribute__((aligned(64)));
-        for (int i = 0; i < 16 * 32; i++) buf[i] = 0x3f80; /* 1.0 */
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        _tile_loadd(4, buf, 64);
-        _tile_loadd(5, buf, 64);
-        _tile_loadd(6, buf, 64);
-        _tile_loadd(7, buf, 64);
-        for (long it = 0; it < iters; it++) {
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-        }
-        _tile_stored(0, out, 64);
-        _tile_release();
-    }
-}
-
-static double peak_amx(void) {
-    if (!amx_ok()) return 0;
-    long iters = g_quick ? 1000000 : 10000000;
-    double t[7];
-    for (int r = 0; r < 7; r++) {
-        double t0 = now();
-        amx_loop(iters);
-        t[r] = now() - t0;
-    }
-    stats s = summarize(t, 7);
-    return (double)iters * 4 * 16 * 16 * 32 * 2 * omp_get_max_threads() / s.med / 1e9;
-}
-
-/* Read + write bandwidth of a plain parallel copy over 2 x 256 MiB (out of cache). */
-static double peak_copy(void) {
-    size_t n = (size_t)64 << 20; /* floats: 256 MiB */
-    if (g_quick) n /= 4;
-    float *a = aligned_alloc(64, n * 4), *b = aligned_alloc(64, n * 4);
-#pragma omp parallel for schedule(static)
-    for (size_t i = 0; i < n; i++) {
-        a[i] = (float)i;
-        b[i] = 0;
-    }
-    double t[7];
-    for (int r = 0; r < 7; r++) {
-        double t0 = now();
-#pragma omp parallel for simd schedule(static)
-        for (size_t i = 0; i < n; i++) b[i] = a[i] * 1.0001f;
-        t[r] = now() - t0;
-    }
-    volatile float sink = b[n / 3];
-    (void)sink;
-    free(a);
-    free(b);
-    stats s = summarize(t, 7);
-    return 2.0 * (double)n * 4 / s.med / 1e9;
 }
 
 /* ------------------------------------------------------------ helpers */
@@ -377,7 +234,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     int threads = ap_get_num_threads(c);
-    double pf = peak_fma(), pa = peak_amx(), pd = peak_bf16dp(), pb = peak_copy();
+    long it = g_quick ? 500000 : 2000000;
+    double pf = peak_gflops(PEAK_FMA, it), pa = peak_gflops(PEAK_AMX, it / 4), pd = peak_gflops(PEAK_BF16DP, it);
+    double pb = peak_copy_gbs(g_quick ? (size_t)16 << 20 : (size_t)64 << 20);
     /* the bf16 peak is AMX's where the CPU has it, else AVX512-BF16 dot products */
     double pbf = pa > 0 ? pa : pd;
     const char *pbf_name = pa > 0 ? "AMX" : "BF16DP";
