@@ -30,5 +30,43 @@ out=$($bin tokenize --prompt x --tokenizer /nonexistent 2>&1); rc=$?
 check "tokenize missing folder exits 1" 1 $rc
 contains "tokenize missing folder named" "/nonexistent" "$out"
 
+# init, inspect, sample on a tiny model in both layouts
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+out=$($bin init --config tiny --seed 3 -o "$tmp/m" 2>&1); rc=$?
+check "init exits 0" 0 $rc
+for f in model_index.json unet/config.json unet/diffusion_pytorch_model.safetensors vae/config.json \
+         vae/diffusion_pytorch_model.safetensors text_encoder/config.json text_encoder/model.safetensors \
+         tokenizer/vocab.json tokenizer/merges.txt scheduler/scheduler_config.json model.safetensors; do
+  [ -f "$tmp/m/$f" ] || { echo "FAIL init wrote no $f"; fail=1; }
+done
+out=$($bin inspect "$tmp/m" 2>&1)
+contains "inspect folder format" "diffusers folder" "$out"
+contains "inspect folder unet" "unet: channels 32(attn) 64" "$out"
+out=$($bin inspect "$tmp/m/model.safetensors" 2>&1)
+contains "inspect single file" "Stable Diffusion 1.x family" "$out"
+contains "inspect single file params" "text encoder: width 32, 2 layers" "$out"
+out=$($bin init --config huge -o "$tmp/x" 2>&1); rc=$?
+check "init bad config exits 1" 1 $rc
+contains "init bad config named" "huge" "$out"
+for src in "$tmp/m" "$tmp/m/model.safetensors"; do
+  out=$($bin sample --model "$src" --prompt "a red circle" --steps 2 --width 16 --height 16 --batch 2 \
+        --weights-dtype f32 --seed 5 --dump "$tmp/dump" -o "$tmp/s.png" 2>&1); rc=$?
+  check "sample from $(basename $src) exits 0" 0 $rc
+  [ -s "$tmp/s.png" ] || { echo "FAIL sample wrote no PNG"; fail=1; }
+  md5sum "$tmp/dump/image.safetensors" | cut -d' ' -f1 >> "$tmp/sums"
+done
+[ -f "$tmp/dump/latents_002.safetensors" ] || { echo "FAIL --dump wrote no latents"; fail=1; }
+check "both layouts sample the same image" 1 "$(sort -u "$tmp/sums" | wc -l)"
+out=$($bin sample --model "$tmp/m" --prompt x --steps 2 --width 17 --height 16 -o "$tmp/s.png" 2>&1); rc=$?
+check "sample bad size exits 1" 1 $rc
+contains "sample bad size named" "17x16" "$out"
+out=$($bin sample --model "$tmp/m" --prompt x --sampler plms -o "$tmp/s.png" 2>&1); rc=$?
+check "sample bad sampler exits 2" 2 $rc
+contains "sample bad sampler named" "plms" "$out"
+out=$($bin sample --model "$tmp/nope" --prompt x -o "$tmp/s.png" 2>&1); rc=$?
+check "sample missing model exits 1" 1 $rc
+contains "sample missing model named" "$tmp/nope" "$out"
+
 [ $fail -eq 0 ] && echo "cli: all passed" || echo "cli: failures"
 exit $fail
