@@ -89,6 +89,12 @@ void ap_mem_reset_peak(ap_ctx *c);
 /* Returns cached, unused blocks to the system. */
 void ap_mem_trim(ap_ctx *c);
 
+/* Floating-point operations of the matrix products (convolution, linear,
+ * matmul, attention: 2 per multiply-add) run by forward ops since the last
+ * reset: what "effective FLOP/s" in the benchmarks divides by. */
+double ap_flops(const ap_ctx *c);
+void ap_flops_reset(ap_ctx *c);
+
 /* ---------------------------------------------------------------- tensors */
 typedef enum { AP_F32 = 0, AP_BF16, AP_F16, AP_I32, AP_I64, AP_DTYPE_COUNT_ } ap_dtype;
 #define AP_MAX_DIMS 6

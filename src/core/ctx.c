@@ -102,6 +102,10 @@ size_t ap_mem_peak(const ap_ctx *c) { return ap_arena_peak(c->arena); }
 size_t ap_mem_reserved(const ap_ctx *c) { return ap_arena_reserved(c->arena); }
 void ap_mem_reset_peak(ap_ctx *c) { ap_arena_reset_peak(c->arena); }
 void ap_mem_trim(ap_ctx *c) { ap_arena_trim(c->arena); }
+double ap_flops(const ap_ctx *c) { return c ? c->flops : 0; }
+void ap_flops_reset(ap_ctx *c) {
+    if (c) c->flops = 0;
+}
 
 int ap_set_grad_enabled(ap_ctx *c, int on) {
     int prev = c->grad_enabled;

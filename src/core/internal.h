@@ -166,6 +166,7 @@ struct ap_ctx {
     ap_arena *arena;
     ap_tape *tape;
     uint64_t next_tape_id;
+    double flops; /* matrix-product flops of forward ops since the last reset */
     void *backend; /* backend/cpu state (oneDNN engine and stream, caches), made on first use */
     void (*backend_free)(void *backend);
 };

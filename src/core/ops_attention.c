@@ -146,6 +146,7 @@ ap_tensor *ap_attention(ap_ctx *c, ap_tensor *q, ap_tensor *k, ap_tensor *v, int
     ap_attn_forward(&p, ap_cf32(q), ap_cf32(k), ap_cf32(v), ap_f32(y), lse ? ap_f32(lse) : NULL,
                     ap_data(scr));
     ap_tensor_release(scr);
+    c->flops += 4.0 * p.B * p.H * p.T * p.S * p.d; /* FlashAttention's count, causal or not */
 
     ap_node *n = ap_node_begin(c, "attention", attention_backward, 3, in);
     if (n) {

@@ -117,6 +117,7 @@ ap_tensor *ap_conv2d(ap_ctx *c, ap_tensor *x, ap_tensor *w, ap_tensor *bias, ap_
     }
     const float *pb = b32 ? ap_cf32(b32) : bias ? ap_cf32(bias) : NULL;
     ap_status st = ap_dnnl_conv_forward(c, &g, ap_cf32(x), w, pb, ap_f32(y));
+    c->flops += 2.0 * g.n * g.oh * g.ow * g.cout * g.cin * g.kh * g.kw;
     ap_tensor_release(b32);
     if (st != AP_OK) {
         ap_tensor_release(y);

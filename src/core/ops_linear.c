@@ -85,6 +85,7 @@ ap_tensor *ap_linear(ap_ctx *c, ap_tensor *x, ap_tensor *w, ap_tensor *bias) {
     }
     const float *pb = b32 ? ap_cf32(b32) : bias ? ap_cf32(bias) : NULL;
     ap_status st = ap_dnnl_linear_forward(c, rows, in, out, ap_cf32(x), w, pb, ap_f32(y));
+    c->flops += 2.0 * rows * in * out;
     ap_tensor_release(b32);
     if (st != AP_OK) {
         ap_tensor_release(y);
@@ -215,6 +216,7 @@ ap_tensor *ap_matmul(ap_ctx *c, ap_tensor *a, ap_tensor *b, int trans_a, int tra
         ap_tensor_release(y);
         return NULL;
     }
+    c->flops += 2.0 * batch * M * N * K;
     ap_tensor *in[2] = {a, b};
     ap_node *n = ap_node_begin(c, "matmul", matmul_backward, 2, in);
     if (n) {
