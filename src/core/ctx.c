@@ -2,6 +2,9 @@
 #include "internal.h"
 
 #include <ctype.h>
+#ifdef __clang__
+#include <cpuid.h>
+#endif
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,7 +68,13 @@ static void ftz_all_threads(int n) {
 
 int ap_cpu_has_bf16(void) {
     __builtin_cpu_init();
+#ifdef __clang__ /* clang (14) has no "amx-bf16" feature string: AMX-BF16 is CPUID.(7,0):EDX[22] */
+    unsigned a, b, c, d;
+    int amx = __get_cpuid_count(7, 0, &a, &b, &c, &d) && ((d >> 22) & 1);
+    return __builtin_cpu_supports("avx512bf16") || amx;
+#else
     return __builtin_cpu_supports("avx512bf16") || __builtin_cpu_supports("amx-bf16");
+#endif
 }
 
 ap_status ap_set_num_threads(ap_ctx *c, int n) {

@@ -264,14 +264,14 @@ uint16_t ap_f32_to_f16(float f) {
     return (uint16_t)(sign | half);
 }
 
-static double load_elem(const void *p, ap_dtype dt, int64_t i) {
+/* Float sources widen to f32 by bit manipulation only: a float -> double
+ * conversion instruction would obey DAZ (on in every thread) and flush
+ * subnormal inputs to zero, so conversions would not be exact. */
+static float load_float(const void *p, ap_dtype dt, int64_t i) {
     switch (dt) {
-    case AP_F32: return ((const float *)p)[i];
     case AP_BF16: return ap_bf16_to_f32(((const uint16_t *)p)[i]);
     case AP_F16: return ap_f16_to_f32(((const uint16_t *)p)[i]);
-    case AP_I32: return ((const int32_t *)p)[i];
-    case AP_I64: return (double)((const int64_t *)p)[i];
-    default: return 0;
+    default: return ((const float *)p)[i];
     }
 }
 
@@ -286,9 +286,9 @@ ap_status ap_convert(void *dst, ap_dtype dd, const void *src, ap_dtype sd, int64
 #pragma omp parallel for schedule(static) if (n > 65536)
     for (int64_t i = 0; i < n; i++) {
         switch (dd) {
-        case AP_F32: ((float *)dst)[i] = (float)load_elem(src, sd, i); break;
-        case AP_BF16: ((uint16_t *)dst)[i] = ap_f32_to_bf16((float)load_elem(src, sd, i)); break;
-        case AP_F16: ((uint16_t *)dst)[i] = ap_f32_to_f16((float)load_elem(src, sd, i)); break;
+        case AP_F32: ((float *)dst)[i] = load_float(src, sd, i); break;
+        case AP_BF16: ((uint16_t *)dst)[i] = ap_f32_to_bf16(load_float(src, sd, i)); break;
+        case AP_F16: ((uint16_t *)dst)[i] = ap_f32_to_f16(load_float(src, sd, i)); break;
         case AP_I32: ((int32_t *)dst)[i] = (int32_t)((const int64_t *)src)[i]; break;
         case AP_I64: ((int64_t *)dst)[i] = ((const int32_t *)src)[i]; break;
         default: break;
