@@ -9,6 +9,8 @@
  * The text steps run on arrays of code points; the Unicode and HTML tables come
  * from Python (tests/ref/gen_tokenizer_tables.py), so that the steps agree with
  * the Python tokenizers character for character. */
+#include "io/atomic.h"
+#include "io/json.h"
 #include "models/tokenizer.h"
 
 #include "core/internal.h"
@@ -1423,4 +1425,63 @@ int64_t ap_tokenizer_decode(const ap_tokenizer *t, const int32_t *ids, int64_t n
 #undef PUT
     if (cap > 0) out[(size_t)len < cap ? (size_t)len : cap - 1] = 0;
     return len;
+}
+
+/* ------------------------------------------------------------ saving (HF layout) */
+typedef struct {
+    int32_t rank, left, right;
+} merge_rec;
+
+static int merge_cmp(const void *a, const void *b) {
+    int32_t x = ((const merge_rec *)a)->rank, y = ((const merge_rec *)b)->rank;
+    return (x > y) - (x < y);
+}
+
+ap_status ap_tokenizer_save_hf(ap_ctx *c, const ap_tokenizer *t, const char *dir) {
+    char path[4096];
+    merge_rec *m = malloc(sizeof *m * (t->n_pairs ? t->n_pairs : 1));
+    ap_json *vocab = ap_json_new_object();
+    if (!m || !vocab) {
+        free(m);
+        ap_json_free(vocab);
+        return ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory writing the tokenizer", dir);
+    }
+    size_t nm = 0;
+    for (uint32_t i = 0; i <= t->pair_mask && t->pairs; i++) {
+        const tok_pair *p = &t->pairs[i];
+        if (!p->key) continue;
+        uint64_t k = p->key - 1;
+        m[nm++] = (merge_rec){p->rank, (int32_t)(k >> 32), (int32_t)(uint32_t)k};
+    }
+    qsort(m, nm, sizeof *m, merge_cmp);
+    bool ok = true;
+    for (int id = 0; id < t->vocab_size && ok; id++) {
+        const char *s = ap_tokenizer_token(t, id);
+        if (s) ok = ap_json_add_int(vocab, s, id);
+    }
+    char *text = ok ? ap_json_print(vocab, false) : NULL;
+    ap_json_free(vocab);
+    ap_status st = text ? AP_OK : ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory writing the tokenizer", dir);
+    ap_atomic_file af;
+    if (st == AP_OK) {
+        snprintf(path, sizeof path, "%s/vocab.json", dir);
+        st = ap_atomic_open(c, path, &af);
+        if (st == AP_OK) {
+            fputs(text, af.f);
+            st = ap_atomic_commit(c, &af);
+        }
+    }
+    ap_json_free_str(text);
+    if (st == AP_OK) {
+        snprintf(path, sizeof path, "%s/merges.txt", dir);
+        st = ap_atomic_open(c, path, &af);
+        if (st == AP_OK) {
+            fputs("#version: 0.2\n", af.f);
+            for (size_t i = 0; i < nm; i++)
+                fprintf(af.f, "%s %s\n", t->blob + t->syms[m[i].left].off, t->blob + t->syms[m[i].right].off);
+            st = ap_atomic_commit(c, &af);
+        }
+    }
+    free(m);
+    return st;
 }

@@ -56,6 +56,8 @@ ap_status ap_tokenizer_load_hf(ap_ctx *c, const char *vocab_json, const char *me
 /* A model folder's tokenizer: dir/vocab.json and dir/merges.txt. */
 ap_status ap_tokenizer_load_dir(ap_ctx *c, const char *dir, ap_tokenizer **out);
 void ap_tokenizer_free(ap_tokenizer *t); /* accepts NULL */
+/* Writes dir/vocab.json and dir/merges.txt (HF layout, as diffusers folders hold). */
+ap_status ap_tokenizer_save_hf(ap_ctx *c, const ap_tokenizer *t, const char *dir);
 
 int ap_tokenizer_vocab_size(const ap_tokenizer *t); /* 49408 for CLIP */
 int ap_tokenizer_sot(const ap_tokenizer *t);

@@ -1,0 +1,61 @@
+#include "atomic.h"
+
+#include "core/internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+ap_status ap_atomic_open(ap_ctx *c, const char *path, ap_atomic_file *af) {
+    memset(af, 0, sizeof *af);
+    size_t n = strlen(path);
+    af->path = strdup(path);
+    af->tmp = malloc(n + 16);
+    if (!af->path || !af->tmp) {
+        ap_atomic_abort(af);
+        return ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory", path);
+    }
+    snprintf(af->tmp, n + 16, "%s.tmpXXXXXX", path);
+    int fd = mkstemp(af->tmp);
+    if (fd < 0) {
+        int err = errno;
+        free(af->tmp);
+        af->tmp = NULL;
+        ap_atomic_abort(af);
+        return ap_seterr(c, AP_ERR_IO, "%s: cannot create a temporary file beside it: %s", path, strerror(err));
+    }
+    af->f = fdopen(fd, "wb");
+    if (!af->f) {
+        close(fd);
+        ap_atomic_abort(af);
+        return ap_seterr(c, AP_ERR_IO, "%s: cannot open for writing", path);
+    }
+    return AP_OK;
+}
+
+void ap_atomic_abort(ap_atomic_file *af) {
+    if (af->f) fclose(af->f);
+    if (af->tmp) unlink(af->tmp);
+    free(af->tmp);
+    free(af->path);
+    memset(af, 0, sizeof *af);
+}
+
+ap_status ap_atomic_commit(ap_ctx *c, ap_atomic_file *af) {
+    int err = 0;
+    if (fflush(af->f) != 0 || ferror(af->f)) err = errno ? errno : EIO;
+    if (!err && fsync(fileno(af->f)) != 0) err = errno;
+    if (fclose(af->f) != 0 && !err) err = errno ? errno : EIO;
+    af->f = NULL;
+    if (!err && rename(af->tmp, af->path) != 0) err = errno;
+    if (err) {
+        ap_status s = ap_seterr(c, AP_ERR_IO, "%s: write failed: %s", af->path, strerror(err));
+        ap_atomic_abort(af);
+        return s;
+    }
+    free(af->tmp);
+    af->tmp = NULL;
+    ap_atomic_abort(af);
+    return AP_OK;
+}
