@@ -84,7 +84,7 @@ int ap_cli_inspect(int argc, char **argv) {
     printf("%s: %s, %d tensors, %lld parameters\n", path,
            ap_weights_format_of(w) == AP_WEIGHTS_TORCH ? "PyTorch checkpoint (zip)" : "safetensors", n, total);
     for (int d = 0; d < nd; d++) printf("  %s: %lld tensors, %lld parameters\n", names[d], counts[d], params[d]);
-    int is_sd = ap_weights_find(w, "model.diffusion_model.conv_in.weight") >= 0;
+    int is_sd = ap_weights_find(w, "model.diffusion_model.input_blocks.0.0.weight") >= 0;
     ap_weights_close(w);
     if (is_sd) {
         ap_sd_model *m = NULL;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 ap_status ap_atomic_open(ap_ctx *c, const char *path, ap_atomic_file *af) {
@@ -25,6 +26,10 @@ ap_status ap_atomic_open(ap_ctx *c, const char *path, ap_atomic_file *af) {
         ap_atomic_abort(af);
         return ap_seterr(c, AP_ERR_IO, "%s: cannot create a temporary file beside it: %s", path, strerror(err));
     }
+    /* mkstemp makes the file 0600; give it the mode a plain fopen would */
+    mode_t mask = umask(0);
+    umask(mask);
+    fchmod(fd, 0666 & ~mask);
     af->f = fdopen(fd, "wb");
     if (!af->f) {
         close(fd);
