@@ -12,6 +12,7 @@ static int usage(FILE *f) {
             "  version     print the version\n"
             "  demo        run the engine self-check (the demo model is not shipped yet)\n"
             "  tokenize    print the CLIP token ids of a prompt\n"
+            "  sample      generate images from a prompt\n"
             "  init        write a model with random weights (tiny, small or sd15)\n"
             "  inspect     show what a model folder or weights file holds\n"
             "\n"
@@ -22,6 +23,7 @@ static int usage(FILE *f) {
 int ap_cli_demo(int argc, char **argv);
 int ap_cli_tokenize(int argc, char **argv);
 int ap_cli_init(int argc, char **argv);
+int ap_cli_sample(int argc, char **argv);
 int ap_cli_inspect(int argc, char **argv);
 
 int main(int argc, char **argv) {
@@ -34,6 +36,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "demo")) return ap_cli_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return ap_cli_tokenize(argc - 1, argv + 1);
+    if (!strcmp(cmd, "sample")) return ap_cli_sample(argc - 1, argv + 1);
     if (!strcmp(cmd, "init")) return ap_cli_init(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return ap_cli_inspect(argc - 1, argv + 1);
     fprintf(stderr, "alignprop: unknown command '%s'\n", cmd);

@@ -1,0 +1,33 @@
+#include "progress.h"
+
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+double ap_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void ap_progress_begin(ap_progress *p, const char *label) {
+    p->label = label;
+    p->start = ap_now();
+    p->tty = isatty(2);
+}
+
+void ap_progress_update(ap_progress *p, int done, int total, const char *extra) {
+    if (!p->tty || total <= 0) return;
+    int width = 30, fill = (int)((long long)done * width / total);
+    double el = ap_now() - p->start, eta = done > 0 ? el / done * (total - done) : 0;
+    char bar[64];
+    for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+    bar[width] = 0;
+    fprintf(stderr, "\r%s [%s] %d/%d %.1fs elapsed, %.1fs left %s", p->label, bar, done, total, el, eta,
+            extra ? extra : "");
+    fflush(stderr);
+}
+
+void ap_progress_end(ap_progress *p) {
+    if (p->tty) fprintf(stderr, "\n");
+}

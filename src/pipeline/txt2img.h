@@ -1,0 +1,35 @@
+/* pipeline: text to image with a Stable Diffusion model and a sampler, with
+ * classifier-free guidance (cond and uncond batched through one UNet call).
+ * The layer between models/ + diffusion/ and the trainer. */
+#ifndef AP_PIPELINE_TXT2IMG_H
+#define AP_PIPELINE_TXT2IMG_H
+
+#include "diffusion/sampler.h"
+#include "models/sd.h"
+
+typedef void (*ap_progress_fn)(void *user, int done, int total);
+
+typedef struct {
+    const char *prompt;
+    const char *negative;   /* "" when NULL */
+    int steps;              /* 50 */
+    float cfg;              /* 7.5; <= 1 disables guidance (no uncond pass) */
+    float eta;              /* DDIM eta, 0 */
+    ap_sampler_kind sampler;
+    uint64_t seed;
+    int width, height;      /* pixels; multiples of the model's total downsampling */
+    int batch;              /* images per prompt */
+    const char *dump_dir;   /* when set: token ids, text embeddings, latents per step, image as safetensors */
+    ap_progress_fn progress;
+    void *progress_user;
+} ap_txt2img_opts;
+
+void ap_txt2img_defaults(ap_txt2img_opts *o);
+
+/* Samples images [batch, H, W, 3] in [-1, 1] (NHWC f32). */
+ap_status ap_txt2img(ap_ctx *c, ap_sd_model *m, const ap_txt2img_opts *o, ap_tensor **images);
+
+/* Text embeddings [n, 77, width] of n prompts (no gradient). */
+ap_tensor *ap_encode_prompts(ap_ctx *c, ap_sd_model *m, int n, const char *const *prompts);
+
+#endif
