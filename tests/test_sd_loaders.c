@@ -516,8 +516,8 @@ static void test_malformed_folders(ap_ctx *c, ap_sd_model *ref) {
     CHECK(ap_sd_save_diffusers(c, ref, dir) == AP_OK);
     const char *gone = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight";
     mutate(c, path_in("bad/unet/diffusion_pytorch_model.safetensors"), gone, NULL);
-    expect_load_error(c, "folder missing a tensor", dir, AP_ERR_NOT_FOUND, "bad/unet/diffusion_pytorch_model.safetensors",
-                      gone);
+    expect_load_error(c, "folder missing a tensor", dir, AP_ERR_NOT_FOUND,
+                      "bad/unet/diffusion_pytorch_model.safetensors", gone);
     /* a wrong shape */
     CHECK(ap_sd_save_diffusers(c, ref, dir) == AP_OK);
     const char *bent = "text_model.encoder.layers.1.mlp.fc2.weight";

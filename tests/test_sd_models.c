@@ -335,15 +335,18 @@ static ap_tensor *make_trainable(ap_ctx *c, ap_params *ps, const char *name, ap_
     return t;
 }
 
+/* The UNet on fixed inputs; the leaves checked are whatever the caller lists
+ * (inputs and parameters alike). */
 typedef struct {
     const ap_unet *u;
-    ap_tensor *t;
+    ap_tensor *x, *t, *ctx;
 } unet_gc;
 
 static ap_tensor *unet_fn(ap_ctx *c, void *user, int n, ap_tensor **in) {
     unet_gc *g = user;
     (void)n;
-    return ap_unet_forward(c, g->u, in[0], g->t, in[1]);
+    (void)in;
+    return ap_unet_forward(c, g->u, g->x, g->t, g->ctx);
 }
 
 static ap_tensor *vae_fn(ap_ctx *c, void *user, int n, ap_tensor **in) {
@@ -374,10 +377,13 @@ static void fill_normal(ap_tensor *t, test_rng *r, double scale) {
  * attention output projection.
  *
  * The forward is f32, so the loss carries noise of about 1e-6 of its value
- * (measured: ~5e-6 on a loss of ~5); eps 5e-2 keeps that well under the
- * tolerance even for the small to_q gradients (with eps 1e-2 the noise alone
- * fails them), and the UNet is smooth enough at that scale (the worst ratios
- * are similar at 3e-2 and 1e-1). */
+ * (measured: ~5e-6 on a loss of ~5), which a central difference divides by
+ * 2 eps. The latent, context and conv weight have large gradients but feel a
+ * large eps (the conv weights are only ~0.06 in magnitude: eps 5e-2 is off by
+ * 7% on some elements), so they take eps 2e-2; the to_q and LoRA gradients
+ * are 10-100x smaller and drown in the noise below eps ~3e-2, so they take
+ * 8e-2 (worst ratios measured then: 0.07-0.37 and 0.16-0.28 of the
+ * tolerance). */
 static void test_unet_grad(ap_ctx *c, uint64_t seed) {
     ap_sd_model *m = make_model(c, AP_BF16, seed);
     if (!m) return;
@@ -385,7 +391,8 @@ static void test_unet_grad(ap_ctx *c, uint64_t seed) {
     test_rng r = {seed * 7 + 3};
     ap_tensor *wq = make_trainable(c, &u->params, "up_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight",
                                    &u->up[1].attns[0].block.attn1.to_q.w);
-    ap_tensor *wc = make_trainable(c, &u->params, "down_blocks.1.resnets.0.conv1.weight", &u->down[1].resnets[0].conv1.w);
+    ap_tensor *wc = make_trainable(c, &u->params, "down_blocks.1.resnets.0.conv1.weight",
+                                   &u->down[1].resnets[0].conv1.w);
     ap_lora lora = {.scale = 0.5f};
     ap_linear_layer *lq = &u->down[0].attns[0].block.attn1.to_out;
     lora.down = test_rand_leaf(c, &r, 2, (int64_t[]){2, lq->in}, -0.3f, 0.3f);
@@ -402,11 +409,14 @@ static void test_unet_grad(ap_ctx *c, uint64_t seed) {
     ap_tensor_set_name(x, "x");
     ap_tensor_set_name(ctx, "ctx");
     ap_tensor *t = ap_tensor_from_data(c, AP_F32, 1, (int64_t[]){1}, (float[]){501.0f});
-    unet_gc g = {u, t};
-    ap_tensor *in[] = {x, ctx, wq, wc, lora.down, lora.up};
-    gc_opts o = {.eps = 5e-2, .rtol = 2e-2, .atol = 2e-3, .max_elems = 12, .seed = 11, .verbose = 1};
+    unet_gc g = {u, x, t, ctx};
     CHECK_OK(c);
-    gradcheck(c, "unet", unet_fn, &g, 6, in, &o);
+    ap_tensor *in1[] = {x, ctx, wc};
+    gc_opts o1 = {.eps = 2e-2, .rtol = 2e-2, .atol = 2e-3, .max_elems = 24, .seed = 11, .verbose = 1};
+    gradcheck(c, "unet", unet_fn, &g, 3, in1, &o1);
+    ap_tensor *in2[] = {wq, lora.down, lora.up};
+    gc_opts o2 = {.eps = 8e-2, .rtol = 2e-2, .atol = 2e-3, .max_elems = 24, .seed = 14, .verbose = 1};
+    gradcheck(c, "unet", unet_fn, &g, 3, in2, &o2);
     CHECK_OK(c);
     /* frozen weights got nothing */
     CHECK(ap_tensor_grad(u->down[1].resnets[0].conv2.w) == NULL);
@@ -426,7 +436,7 @@ static void test_vae_grad(ap_ctx *c, uint64_t seed) {
     ap_tensor_set_requires_grad(z, 1);
     ap_tensor_set_name(z, "latent");
     ap_tensor *in[] = {z};
-    gc_opts o = {.eps = 1e-2, .rtol = 2e-2, .atol = 2e-3, .max_elems = 24, .seed = 12, .verbose = 1};
+    gc_opts o = {.eps = 1e-2, .rtol = 2e-2, .atol = 2e-3, .max_elems = 48, .seed = 12, .verbose = 1};
     gradcheck(c, "vae decoder", vae_fn, m->vae, 1, in, &o);
     CHECK_OK(c);
     ap_tensor_release(z);
@@ -443,7 +453,7 @@ static void test_text_grad(ap_ctx *c, uint64_t seed) {
     int32_t id[7] = {49406, 320, 1125, 539, 320, 2368, 49407};
     text_gc g = {tm, ap_tensor_from_data(c, AP_I32, 2, (int64_t[]){1, 7}, id)};
     ap_tensor *in[] = {wq, w1};
-    gc_opts o = {.eps = 1e-2, .rtol = 2e-2, .atol = 2e-3, .max_elems = 24, .seed = 13, .verbose = 1};
+    gc_opts o = {.eps = 1e-2, .rtol = 2e-2, .atol = 2e-3, .max_elems = 48, .seed = 13, .verbose = 1};
     gradcheck(c, "text encoder", text_fn, &g, 2, in, &o);
     CHECK_OK(c);
     ap_tensor_release(g.ids);

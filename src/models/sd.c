@@ -703,7 +703,8 @@ static bool same_layout(const ap_sd_config *a, const ap_sd_config *b) {
         if (u->block_out[i] != v->block_out[i] || !u->attention[i] != !v->attention[i]) return false;
     const ap_vae_config *x = &a->vae, *y = &b->vae;
     if (x->in_channels != y->in_channels || x->out_channels != y->out_channels ||
-        x->latent_channels != y->latent_channels || x->levels != y->levels || x->layers_per_block != y->layers_per_block)
+        x->latent_channels != y->latent_channels || x->levels != y->levels ||
+        x->layers_per_block != y->layers_per_block)
         return false;
     for (int i = 0; i < x->levels; i++)
         if (x->block_out[i] != y->block_out[i]) return false;
@@ -730,8 +731,8 @@ static ap_status config_from_ldm_shapes(ap_ctx *c, const ap_weights *w, const ch
     u->context_dim = (int)s[1];
     if (u->context_dim == 1024)
         return ap_seterr(c, AP_ERR_UNSUPPORTED,
-                         "%s: the UNet's text context is 1024 wide: Stable Diffusion 2.x, not supported (SD1.x has 768)",
-                         path);
+                         "%s: the UNet's text context is 1024 wide: Stable Diffusion 2.x, not supported "
+                         "(SD1.x has 768)", path);
     if (wdim(w, s, LDM_UNET "middle_block.1.transformer_blocks.1.norm1.weight") >= 0)
         return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: transformers with more than one block are not supported", path);
     u->use_linear_projection = wdim(w, s, LDM_UNET "middle_block.1.proj_in.weight") == 2;
@@ -757,7 +758,8 @@ static ap_status config_from_ldm_shapes(ap_ctx *c, const ap_weights *w, const ch
         nres++;
     }
     if (nres == 0 || (layers >= 0 && nres != layers) || nres > AP_UNET_MAX_LAYERS - 1)
-        return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: unsupported UNet layout (%d resnets in the last level)", path, nres);
+        return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: unsupported UNet layout (%d resnets in the last level)", path,
+                         nres);
     u->layers_per_block = nres;
     u->levels = level + 1;
 
@@ -791,7 +793,8 @@ static ap_status config_from_ldm_shapes(ap_ctx *c, const ap_weights *w, const ch
         return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_TEXT "embeddings.position_embedding.weight'",
                          path);
     t->max_positions = (int)s[0];
-    while (t->layers < AP_CLIP_MAX_LAYERS && wdim(w, s, LDM_TEXT "encoder.layers.%d.layer_norm1.weight", t->layers) >= 0)
+    while (t->layers < AP_CLIP_MAX_LAYERS &&
+           wdim(w, s, LDM_TEXT "encoder.layers.%d.layer_norm1.weight", t->layers) >= 0)
         t->layers++;
     if (t->layers == 0 || wdim(w, s, LDM_TEXT "encoder.layers.0.mlp.fc1.weight") != 2)
         return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_TEXT "encoder.layers.0.mlp.fc1.weight'", path);
