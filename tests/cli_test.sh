@@ -68,5 +68,47 @@ out=$($bin sample --model "$tmp/nope" --prompt x -o "$tmp/s.png" 2>&1); rc=$?
 check "sample missing model exits 1" 1 $rc
 contains "sample missing model named" "$tmp/nope" "$out"
 
+# inspect on both layouts of a model made by init (the numbers must agree with
+# what init reports and between the layouts)
+here=$(cd "$(dirname "$0")" && pwd)
+init_out=$($bin init --config tiny --seed 5 -o "$tmp/tiny"); rc=$?
+check "init tiny exits 0" 0 $rc
+counts=$(echo "$init_out" | sed -n 's/^parameters: unet \([0-9]*\), vae \([0-9]*\), text encoder \([0-9]*\)$/\1 \2 \3/p')
+read -r pu pv pt <<< "$counts"
+out_dir=$($bin inspect "$tmp/tiny" 2>&1); rc=$?
+check "inspect folder exits 0" 0 $rc
+contains "inspect folder format" "$tmp/tiny: diffusers folder" "$out_dir"
+contains "inspect folder architecture" "architecture: Stable Diffusion 1.x family" "$out_dir"
+contains "inspect folder unet" "unet: channels 32(attn) 64, 1 layers per block, 2 heads, context 32: $pu parameters" "$out_dir"
+contains "inspect folder vae" "vae: channels 16 32, latent 4, scale 0.18215: $pv parameters" "$out_dir"
+contains "inspect folder text" "text encoder: width 32, 2 layers, 2 heads, vocab 49408: $pt parameters" "$out_dir"
+out_file=$($bin inspect "$tmp/tiny/model.safetensors" 2>&1); rc=$?
+check "inspect single file exits 0" 0 $rc
+contains "inspect single file format" "model.safetensors: safetensors, " "$out_file"
+contains "inspect single file total" " tensors, $((pu + pv + pt)) parameters" "$out_file"
+contains "inspect single file dtypes" "  F32: " "$out_file"
+check "inspect layouts agree" "$(echo "$out_dir" | grep -E '^  (unet|vae|text encoder):')" \
+  "$(echo "$out_file" | grep -E '^  (unet|vae|text encoder):')"
+n_listed=$($bin inspect "$tmp/tiny/model.safetensors" --tensors | grep -c '^model\.diffusion_model\.')
+n_all=$($bin inspect "$tmp/tiny/model.safetensors" --tensors | grep -c ' \[')
+[ "$n_listed" -gt 0 ]; check "inspect --tensors lists UNet tensors" 0 $?
+contains "inspect --tensors lists every tensor" "safetensors, $n_all tensors" "$out_file"
+$bin init --config tiny --seed 5 --dtype bf16 -o "$tmp/bf16" > /dev/null
+out=$($bin inspect "$tmp/bf16/model.safetensors" 2>&1)
+contains "inspect bf16 weights" "  BF16: " "$out"
+contains "inspect bf16 biases stay f32" "  F32: " "$out"
+out=$($bin inspect "$here/ref/sd/tiny_seed1.safetensors" 2>&1); rc=$?
+check "inspect plain tensor file exits 0" 0 $rc
+contains "inspect plain tensor file" "not a Stable Diffusion checkpoint" "$out"
+out=$($bin inspect "$here/ref/torch/lightning.ckpt" 2>&1)
+contains "inspect torch checkpoint format" "PyTorch checkpoint (zip)" "$out"
+out=$($bin inspect "$tmp/nothing" 2>&1); rc=$?
+check "inspect missing path exits 1" 1 $rc
+contains "inspect missing path named" "$tmp/nothing" "$out"
+mkdir "$tmp/empty"
+out=$($bin inspect "$tmp/empty" 2>&1); rc=$?
+check "inspect folder without model_index.json exits 1" 1 $rc
+contains "inspect folder without model_index.json" "model_index.json" "$out"
+
 [ $fail -eq 0 ] && echo "cli: all passed" || echo "cli: failures"
 exit $fail

@@ -67,7 +67,9 @@ ap_tensor *ap_clip_text_forward(ap_ctx *c, const ap_clip_text *m, ap_tensor *ids
     if (ap_failed(c)) return NULL;
     const ap_clip_text_config *cfg = &m->cfg;
     if (!ids || ap_tensor_ndim(ids) != 2 || ap_tensor_dim(ids, 1) > cfg->max_positions) {
-        ap_seterr(c, AP_ERR_SHAPE, "clip text: expected ids [B,T] with T <= %d", cfg->max_positions);
+        char b[64];
+        ap_seterr(c, AP_ERR_SHAPE, "clip text: ids are %s, expected [B,T] with T <= %d",
+                  ids ? ap_shape_str(ids, b, sizeof b) : "NULL", cfg->max_positions);
         return NULL;
     }
     if (skip < 0 || skip >= cfg->layers) {

@@ -8,6 +8,7 @@
 #include "models/weights.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -59,6 +60,18 @@ const char *ap_sd_format_name(ap_sd_format f) {
 }
 
 /* ------------------------------------------------------------ config JSON */
+/* The shortest decimal that reads back as v: config files say 0.18215 and
+ * 1e-05 as diffusers writes them, not the f32 value's double expansion
+ * (0.18215000629425049). */
+static double f32_decimal(float v) {
+    char b[32];
+    for (int p = 6; p <= 9; p++) {
+        snprintf(b, sizeof b, "%.*g", p, (double)v);
+        if ((float)strtod(b, NULL) == v) return strtod(b, NULL);
+    }
+    return v;
+}
+
 static ap_json *int_array(const int *v, int n) {
     ap_json *a = ap_json_new_array();
     for (int i = 0; i < n; i++) ap_json_add(a, NULL, ap_json_new_int(v[i]));
@@ -86,7 +99,7 @@ static ap_json *config_to_json(const ap_sd_config *cfg) {
     ap_json_add(v, "block_out_channels", int_array(vc->block_out, vc->levels));
     ap_json_add_int(v, "layers_per_block", vc->layers_per_block);
     ap_json_add_int(v, "norm_groups", vc->norm_groups);
-    ap_json_add_num(v, "scaling_factor", vc->scaling_factor);
+    ap_json_add_num(v, "scaling_factor", f32_decimal(vc->scaling_factor));
     const ap_clip_text_config *tc = &cfg->text;
     ap_json_add_int(t, "vocab_size", tc->vocab);
     ap_json_add_int(t, "max_position_embeddings", tc->max_positions);
@@ -95,7 +108,7 @@ static ap_json *config_to_json(const ap_sd_config *cfg) {
     ap_json_add_int(t, "num_attention_heads", tc->heads);
     ap_json_add_int(t, "intermediate_size", tc->intermediate);
     ap_json_add_str(t, "hidden_act", tc->act == AP_ACT_GELU ? "gelu" : "quick_gelu");
-    ap_json_add_num(t, "layer_norm_eps", tc->eps);
+    ap_json_add_num(t, "layer_norm_eps", f32_decimal(tc->eps));
     ap_json_add(root, "unet", u);
     ap_json_add(root, "vae", v);
     ap_json_add(root, "text_encoder", t);
@@ -354,7 +367,7 @@ static ap_json *vae_config_json(const ap_vae_config *v) {
     ap_json_add_int(j, "layers_per_block", v->layers_per_block);
     ap_json_add_int(j, "norm_num_groups", v->norm_groups);
     ap_json_add_int(j, "out_channels", v->out_channels);
-    ap_json_add_num(j, "scaling_factor", v->scaling_factor);
+    ap_json_add_num(j, "scaling_factor", f32_decimal(v->scaling_factor));
     ap_json_add(j, "up_block_types", str_array(up, v->levels));
     return j;
 }
@@ -371,7 +384,7 @@ static ap_json *text_config_json(const ap_clip_text_config *t) {
     ap_json_add_int(j, "intermediate_size", t->intermediate);
     ap_json_add_int(j, "projection_dim", t->width);
     ap_json_add_str(j, "hidden_act", t->act == AP_ACT_GELU ? "gelu" : "quick_gelu");
-    ap_json_add_num(j, "layer_norm_eps", t->eps);
+    ap_json_add_num(j, "layer_norm_eps", f32_decimal(t->eps));
     ap_json_add_int(j, "bos_token_id", 49406);
     ap_json_add_int(j, "eos_token_id", 49407);
     ap_json_add_int(j, "pad_token_id", 1);
@@ -656,27 +669,172 @@ static ap_status load_diffusers(ap_ctx *c, const char *dir, ap_dtype wdt, ap_sd_
     return AP_OK;
 }
 
+/* ------------------------------------------------------------ foreign single files
+ * A single file without our config in its metadata (every checkpoint people
+ * have, and every .ckpt, which has no metadata): the layout is read off the
+ * LDM tensor shapes (channels per level, resnets per level, which levels have
+ * transformers, context width, VAE levels, text width, depth and vocabulary).
+ * Attention heads and group-norm groups are in no shape: a layout equal to a
+ * preset's (sd15, tiny, small) takes the preset's; any other takes the SD1.x
+ * conventions (8 UNet heads, 32 groups, CLIP heads 64 wide). */
+#define LDM_UNET "model.diffusion_model."
+#define LDM_VAE "first_stage_model."
+#define LDM_TEXT "cond_stage_model.transformer.text_model."
+
+/* ndim of the tensor named by fmt (and its shape), or -1 when the file has none */
+static int wdim(const ap_weights *w, int64_t *shape, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int wdim(const ap_weights *w, int64_t *shape, const char *fmt, ...) {
+    char name[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    int k = ap_weights_find(w, name);
+    return k < 0 ? -1 : ap_weights_shape(w, k, shape);
+}
+
+static bool same_layout(const ap_sd_config *a, const ap_sd_config *b) {
+    const ap_unet_config *u = &a->unet, *v = &b->unet;
+    if (u->in_channels != v->in_channels || u->out_channels != v->out_channels || u->levels != v->levels ||
+        u->layers_per_block != v->layers_per_block || u->context_dim != v->context_dim ||
+        u->use_linear_projection != v->use_linear_projection)
+        return false;
+    for (int i = 0; i < u->levels; i++)
+        if (u->block_out[i] != v->block_out[i] || !u->attention[i] != !v->attention[i]) return false;
+    const ap_vae_config *x = &a->vae, *y = &b->vae;
+    if (x->in_channels != y->in_channels || x->out_channels != y->out_channels ||
+        x->latent_channels != y->latent_channels || x->levels != y->levels ||
+        x->layers_per_block != y->layers_per_block)
+        return false;
+    for (int i = 0; i < x->levels; i++)
+        if (x->block_out[i] != y->block_out[i]) return false;
+    const ap_clip_text_config *s = &a->text, *t = &b->text;
+    return s->vocab == t->vocab && s->max_positions == t->max_positions && s->width == t->width &&
+           s->layers == t->layers && s->intermediate == t->intermediate;
+}
+
+static ap_status config_from_ldm_shapes(ap_ctx *c, const ap_weights *w, const char *path, ap_sd_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    int64_t s[AP_MAX_DIMS];
+    ap_unet_config *u = &cfg->unet;
+    if (wdim(w, s, LDM_UNET "input_blocks.0.0.weight") != 4)
+        return ap_seterr(c, AP_ERR_FORMAT, "%s: not a Stable Diffusion 1.x checkpoint (no tensor '"
+                         LDM_UNET "input_blocks.0.0.weight')", path);
+    u->in_channels = (int)s[1];
+    if (wdim(w, s, LDM_UNET "out.2.weight") != 4)
+        return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_UNET "out.2.weight'", path);
+    u->out_channels = (int)s[0];
+    if (wdim(w, s, LDM_UNET "middle_block.1.transformer_blocks.0.attn2.to_k.weight") != 2)
+        return ap_seterr(c, AP_ERR_NOT_FOUND,
+                         "%s: missing tensor '" LDM_UNET "middle_block.1.transformer_blocks.0.attn2.to_k.weight' "
+                         "(the mid block's cross-attention)", path);
+    u->context_dim = (int)s[1];
+    if (u->context_dim == 1024)
+        return ap_seterr(c, AP_ERR_UNSUPPORTED,
+                         "%s: the UNet's text context is 1024 wide: Stable Diffusion 2.x, not supported "
+                         "(SD1.x has 768)", path);
+    if (wdim(w, s, LDM_UNET "middle_block.1.transformer_blocks.1.norm1.weight") >= 0)
+        return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: transformers with more than one block are not supported", path);
+    u->use_linear_projection = wdim(w, s, LDM_UNET "middle_block.1.proj_in.weight") == 2;
+    int level = 0, nres = 0, layers = -1;
+    for (int i = 1; i < 64; i++) {
+        if (wdim(w, s, LDM_UNET "input_blocks.%d.0.op.weight", i) >= 0) { /* a downsampler ends a level */
+            if (nres == 0 || (layers >= 0 && nres != layers) || level + 1 >= AP_UNET_MAX_LEVELS ||
+                nres > AP_UNET_MAX_LAYERS - 1)
+                return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: unsupported UNet layout (input_blocks.%d)", path, i);
+            layers = nres;
+            level++;
+            nres = 0;
+            continue;
+        }
+        if (wdim(w, s, LDM_UNET "input_blocks.%d.0.out_layers.3.weight", i) != 4) break;
+        if (nres == 0) {
+            u->block_out[level] = (int)s[0];
+            u->attention[level] = wdim(w, s, LDM_UNET "input_blocks.%d.1.proj_in.weight", i) >= 0;
+        } else if (s[0] != u->block_out[level]) {
+            return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: unsupported UNet layout (input_blocks.%d changes channels "
+                             "inside a level)", path, i);
+        }
+        nres++;
+    }
+    if (nres == 0 || (layers >= 0 && nres != layers) || nres > AP_UNET_MAX_LAYERS - 1)
+        return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: unsupported UNet layout (%d resnets in the last level)", path,
+                         nres);
+    u->layers_per_block = nres;
+    u->levels = level + 1;
+
+    ap_vae_config *v = &cfg->vae;
+    if (wdim(w, s, LDM_VAE "encoder.conv_in.weight") != 4)
+        return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_VAE "encoder.conv_in.weight'", path);
+    v->in_channels = (int)s[1];
+    if (wdim(w, s, LDM_VAE "decoder.conv_out.weight") != 4)
+        return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_VAE "decoder.conv_out.weight'", path);
+    v->out_channels = (int)s[0];
+    if (wdim(w, s, LDM_VAE "post_quant_conv.weight") != 4)
+        return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_VAE "post_quant_conv.weight'", path);
+    v->latent_channels = (int)s[0];
+    while (v->levels < AP_VAE_MAX_LEVELS && wdim(w, s, LDM_VAE "encoder.down.%d.block.0.conv2.weight", v->levels) == 4)
+        v->block_out[v->levels++] = (int)s[0];
+    while (v->layers_per_block < AP_VAE_MAX_LAYERS &&
+           wdim(w, s, LDM_VAE "encoder.down.0.block.%d.conv1.weight", v->layers_per_block) == 4)
+        v->layers_per_block++;
+    if (v->levels == 0 || v->layers_per_block == 0 || v->layers_per_block > AP_VAE_MAX_LAYERS - 1)
+        return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: unsupported VAE layout (%d levels of %d resnets)", path, v->levels,
+                         v->layers_per_block);
+    v->scaling_factor = 0.18215f;
+
+    ap_clip_text_config *t = &cfg->text;
+    if (wdim(w, s, LDM_TEXT "embeddings.token_embedding.weight") != 2)
+        return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_TEXT "embeddings.token_embedding.weight'",
+                         path);
+    t->vocab = (int)s[0];
+    t->width = (int)s[1];
+    if (wdim(w, s, LDM_TEXT "embeddings.position_embedding.weight") != 2)
+        return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_TEXT "embeddings.position_embedding.weight'",
+                         path);
+    t->max_positions = (int)s[0];
+    while (t->layers < AP_CLIP_MAX_LAYERS &&
+           wdim(w, s, LDM_TEXT "encoder.layers.%d.layer_norm1.weight", t->layers) >= 0)
+        t->layers++;
+    if (t->layers == 0 || wdim(w, s, LDM_TEXT "encoder.layers.0.mlp.fc1.weight") != 2)
+        return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '" LDM_TEXT "encoder.layers.0.mlp.fc1.weight'", path);
+    t->intermediate = (int)s[0];
+    t->act = AP_ACT_QUICK_GELU;
+    t->eps = 1e-5f;
+
+    const char *presets[] = {"sd15", "tiny", "small"};
+    for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) {
+        ap_sd_config p;
+        ap_sd_preset(c, presets[i], &p);
+        if (same_layout(cfg, &p)) {
+            *cfg = p;
+            return AP_OK;
+        }
+    }
+    /* SD1.x conventions for what shapes do not tell */
+    u->heads = 8;
+    u->norm_groups = v->norm_groups = 32;
+    t->heads = t->width / 64;
+    for (int i = 0; i < u->levels; i++)
+        if (u->block_out[i] % 32)
+            return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: UNet channels %d: cannot tell the group norm's groups of this "
+                             "layout (save it with alignprop, which records its config)", path, u->block_out[i]);
+    for (int i = 0; i < v->levels; i++)
+        if (v->block_out[i] % 32)
+            return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: VAE channels %d: cannot tell the group norm's groups of this "
+                             "layout (save it with alignprop, which records its config)", path, v->block_out[i]);
+    if (t->width % 64)
+        return ap_seterr(c, AP_ERR_UNSUPPORTED, "%s: text width %d: cannot tell the attention heads of this layout",
+                         path, t->width);
+    return AP_OK;
+}
+
 static ap_status load_single(ap_ctx *c, const char *path, ap_dtype wdt, ap_sd_model **out) {
     ap_weights *w = NULL;
     if (ap_weights_open(c, path, &w) != AP_OK) return c->status;
     ap_sd_config cfg;
     const char *meta = ap_weights_metadata(w, "alignprop_config");
-    ap_status st;
-    if (meta) {
-        st = ap_sd_config_from_json(c, meta, path, &cfg);
-    } else {
-        /* a foreign file: SD1.x if its shapes say so */
-        st = ap_sd_preset(c, "sd15", &cfg);
-        int k = ap_weights_find(w, "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight");
-        int64_t shape[AP_MAX_DIMS];
-        if (k < 0)
-            st = ap_seterr(c, AP_ERR_FORMAT, "%s: not a Stable Diffusion 1.x checkpoint (no UNet cross-attention "
-                                             "weights under model.diffusion_model.)", path);
-        else if (ap_weights_shape(w, k, shape) == 2 && shape[1] != 768)
-            st = ap_seterr(c, AP_ERR_UNSUPPORTED,
-                           "%s: the UNet's text context is %lld wide: Stable Diffusion 2.x or another family, not "
-                           "supported (SD1.x has 768)", path, (long long)shape[1]);
-    }
+    ap_status st = meta ? ap_sd_config_from_json(c, meta, path, &cfg) : config_from_ldm_shapes(c, w, path, &cfg);
     ap_sd_model *m = NULL;
     ap_name_table *tab = NULL;
     if (st == AP_OK) st = ap_sd_create(c, &cfg, wdt, &m);

@@ -250,12 +250,22 @@ void ap_unet_free(ap_unet *u) {
 ap_tensor *ap_unet_forward(ap_ctx *c, const ap_unet *u, ap_tensor *x, ap_tensor *t, ap_tensor *ctx) {
     if (ap_failed(c)) return NULL;
     const ap_unet_config *cfg = &u->cfg;
-    if (!x || !t || !ctx || ap_tensor_ndim(x) != 4 || ap_tensor_dim(x, 3) != cfg->in_channels ||
-        ap_tensor_ndim(ctx) != 3 || ap_tensor_dim(ctx, 2) != cfg->context_dim ||
+    char sa[64], sb[64], sc[64];
+    if (!x || !t || !ctx) {
+        ap_seterr(c, AP_ERR_INVALID_ARG, "unet: %s is NULL", !x ? "x" : !t ? "t" : "ctx");
+        return NULL;
+    }
+    if (ap_tensor_ndim(x) != 4 || ap_tensor_dim(x, 3) != cfg->in_channels) {
+        ap_seterr(c, AP_ERR_SHAPE, "unet: x is %s, expected latents [N,h,w,%d] (NHWC)", ap_shape_str(x, sa, sizeof sa),
+                  cfg->in_channels);
+        return NULL;
+    }
+    if (ap_tensor_ndim(ctx) != 3 || ap_tensor_dim(ctx, 2) != cfg->context_dim ||
         ap_tensor_dim(ctx, 0) != ap_tensor_dim(x, 0) || ap_tensor_numel(t) != ap_tensor_dim(x, 0)) {
-        ap_seterr(c, AP_ERR_SHAPE,
-                  "unet: expected x [N,h,w,%d], t [N] and ctx [N,S,%d] with one N", cfg->in_channels,
-                  cfg->context_dim);
+        ap_seterr(c, AP_ERR_SHAPE, "unet: x is %s, t %s and ctx %s: expected t [%lld] and ctx [%lld,S,%d]",
+                  ap_shape_str(x, sa, sizeof sa), ap_shape_str(t, sb, sizeof sb),
+                  ap_shape_str(ctx, sc, sizeof sc), (long long)ap_tensor_dim(x, 0),
+                  (long long)ap_tensor_dim(x, 0), cfg->context_dim);
         return NULL;
     }
     int64_t H = ap_tensor_dim(x, 1), W = ap_tensor_dim(x, 2);

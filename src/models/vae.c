@@ -158,7 +158,9 @@ void ap_vae_free(ap_vae *v) {
 ap_tensor *ap_vae_decode(ap_ctx *c, const ap_vae *v, ap_tensor *latent) {
     if (ap_failed(c)) return NULL;
     if (!latent || ap_tensor_ndim(latent) != 4 || ap_tensor_dim(latent, 3) != v->cfg.latent_channels) {
-        ap_seterr(c, AP_ERR_SHAPE, "vae decode: expected a latent [N,h,w,%d]", v->cfg.latent_channels);
+        char b[64];
+        ap_seterr(c, AP_ERR_SHAPE, "vae decode: latent is %s, expected [N,h,w,%d] (NHWC)",
+                  latent ? ap_shape_str(latent, b, sizeof b) : "NULL", v->cfg.latent_channels);
         return NULL;
     }
     const ap_vae_coder *d = &v->dec;
@@ -184,8 +186,9 @@ ap_tensor *ap_vae_encode_moments(ap_ctx *c, const ap_vae *v, ap_tensor *image) {
     int64_t f = (int64_t)1 << (v->cfg.levels - 1);
     if (!image || ap_tensor_ndim(image) != 4 || ap_tensor_dim(image, 3) != v->cfg.in_channels ||
         ap_tensor_dim(image, 1) % f || ap_tensor_dim(image, 2) % f) {
-        ap_seterr(c, AP_ERR_SHAPE, "vae encode: expected an image [N,H,W,%d] with H and W multiples of %lld",
-                  v->cfg.in_channels, (long long)f);
+        char b[64];
+        ap_seterr(c, AP_ERR_SHAPE, "vae encode: image is %s, expected [N,H,W,%d] (NHWC) with H and W multiples of %lld",
+                  image ? ap_shape_str(image, b, sizeof b) : "NULL", v->cfg.in_channels, (long long)f);
         return NULL;
     }
     const ap_vae_coder *e = &v->enc;
