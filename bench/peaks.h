@@ -93,7 +93,7 @@ __attribute__((target("amx-tile,amx-bf16"), noinline)) static void peak_amx_thre
 enum { PEAK_FMA, PEAK_BF16DP, PEAK_AMX };
 
 /* GFLOP/s of all threads; 0 when the CPU lacks the instructions. */
-static double peak_gflops(int kind, long iters) {
+__attribute__((unused)) static double peak_gflops(int kind, long iters) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f")) return 0;
     if (kind == PEAK_BF16DP && !__builtin_cpu_supports("avx512bf16")) return 0;
@@ -123,7 +123,7 @@ static double peak_gflops(int kind, long iters) {
 
 /* Read + write bandwidth (GB/s) of a parallel copy-with-scale over two buffers
  * of n floats (out of cache when n is large). */
-static double peak_copy_gbs(size_t n) {
+__attribute__((unused)) static double peak_copy_gbs(size_t n) {
     float *a = aligned_alloc(64, n * 4), *b = aligned_alloc(64, n * 4);
     if (!a || !b) {
         free(a);

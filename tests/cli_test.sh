@@ -56,7 +56,11 @@ for src in "$tmp/m" "$tmp/m/model.safetensors"; do
   [ -s "$tmp/s.png" ] || { echo "FAIL sample wrote no PNG"; fail=1; }
   md5sum "$tmp/dump/image.safetensors" | cut -d' ' -f1 >> "$tmp/sums"
 done
-[ -f "$tmp/dump/latents_002.safetensors" ] || { echo "FAIL --dump wrote no latents"; fail=1; }
+for f in token_ids text_embeddings latents_init latents_001 latents_002 image; do
+  [ -f "$tmp/dump/$f.safetensors" ] || { echo "FAIL --dump wrote no $f"; fail=1; }
+done
+out=$($bin inspect "$tmp/dump/token_ids.safetensors" --tensors 2>&1)
+contains "--dump token ids are i32 [4,77]" "token_ids I32 [4,77]" "$out"
 check "both layouts sample the same image" 1 "$(sort -u "$tmp/sums" | wc -l)"
 out=$($bin sample --model "$tmp/m" --prompt x --steps 2 --width 17 --height 16 -o "$tmp/s.png" 2>&1); rc=$?
 check "sample bad size exits 1" 1 $rc

@@ -17,7 +17,7 @@ void ap_txt2img_defaults(ap_txt2img_opts *o) {
     o->batch = 1;
 }
 
-ap_tensor *ap_encode_prompts(ap_ctx *c, ap_sd_model *m, int n, const char *const *prompts) {
+ap_tensor *ap_tokenize_prompts(ap_ctx *c, ap_sd_model *m, int n, const char *const *prompts) {
     if (ap_failed(c)) return NULL;
     if (!m->tok) {
         ap_seterr(c, AP_ERR_STATE, "model has no tokenizer");
@@ -30,9 +30,20 @@ ap_tensor *ap_encode_prompts(ap_ctx *c, ap_sd_model *m, int n, const char *const
     to.context = T;
     for (int i = 0; i < n && !ap_failed(c); i++)
         ap_tokenize_seq(c, m->tok, prompts[i], &to, (int32_t *)ap_data(ids) + (size_t)i * T, NULL);
+    if (ap_failed(c)) ap_drop(&ids);
+    return ids;
+}
+
+ap_tensor *ap_encode_ids(ap_ctx *c, ap_sd_model *m, ap_tensor *ids) {
     int prev = ap_set_grad_enabled(c, 0);
     ap_tensor *ctx = ap_clip_text_forward(c, m->text, ids, 0);
     ap_set_grad_enabled(c, prev);
+    return ctx;
+}
+
+ap_tensor *ap_encode_prompts(ap_ctx *c, ap_sd_model *m, int n, const char *const *prompts) {
+    ap_tensor *ids = ap_tokenize_prompts(c, m, n, prompts);
+    ap_tensor *ctx = ids ? ap_encode_ids(c, m, ids) : NULL;
     ap_tensor_release(ids);
     return ctx;
 }
@@ -85,8 +96,11 @@ ap_status ap_txt2img(ap_ctx *c, ap_sd_model *m, const ap_txt2img_opts *o, ap_ten
         prompts[nb - B + i] = o->prompt ? o->prompt : "";
     }
     int prev = ap_set_grad_enabled(c, 0);
-    ap_tensor *ctx = ap_encode_prompts(c, m, nb, prompts); /* uncond first, as diffusers concatenates */
+    ap_tensor *ids = ap_tokenize_prompts(c, m, nb, prompts); /* uncond first, as diffusers concatenates */
     free(prompts);
+    dump(c, o->dump_dir, "token_ids", ids, false);
+    ap_tensor *ctx = ids ? ap_encode_ids(c, m, ids) : NULL;
+    ap_tensor_release(ids);
     dump(c, o->dump_dir, "text_embeddings", ctx, false);
 
     ap_sampler_config sc = ap_sampler_config_sd15(o->sampler);

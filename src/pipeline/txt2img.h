@@ -29,6 +29,10 @@ void ap_txt2img_defaults(ap_txt2img_opts *o);
 /* Samples images [batch, H, W, 3] in [-1, 1] (NHWC f32). */
 ap_status ap_txt2img(ap_ctx *c, ap_sd_model *m, const ap_txt2img_opts *o, ap_tensor **images);
 
+/* Token ids [n, 77] (i32) of n prompts, SD1.x rules. */
+ap_tensor *ap_tokenize_prompts(ap_ctx *c, ap_sd_model *m, int n, const char *const *prompts);
+/* Text embeddings [n, 77, width] of token ids (no gradient). */
+ap_tensor *ap_encode_ids(ap_ctx *c, ap_sd_model *m, ap_tensor *ids);
 /* Text embeddings [n, 77, width] of n prompts (no gradient). */
 ap_tensor *ap_encode_prompts(ap_ctx *c, ap_sd_model *m, int n, const char *const *prompts);
 
