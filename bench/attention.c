@@ -7,6 +7,9 @@
  * counted. Effective GFLOP/s = counted flops / measured time.
  *
  * usage: attention [runs] [json path] [case filter]   (AP_NUM_THREADS sets the threads) */
+#include "bench.h"
+#include "peaks.h"
+
 #include "alignprop.h"
 #include "backend/cpu/attention.h"
 
@@ -16,67 +19,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-static double median(double *v, int n) {
-    qsort(v, n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/* Peak of the units the kernels use: 12 independent accumulator chains. */
-__attribute__((target("avx512f"), noinline)) static float peak_fma(long n) {
-    __m512 a[12], x = _mm512_set1_ps(1e-9f), y = _mm512_set1_ps(1e-9f);
-    /* distinct starting values: identical chains could legally be merged into one */
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long i = 0; i < n; i++) {
-#pragma GCC unroll 12
-        for (int j = 0; j < 12; j++) a[j] = _mm512_fmadd_ps(x, y, a[j]);
-        __asm__ volatile("" : "+v"(x));
-    }
-    __m512 s = a[0];
-    for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
-    return _mm512_reduce_add_ps(s);
-}
-__attribute__((target("avx512f,avx512bf16"), noinline)) static float peak_dpbf16(long n) {
-    __m512 a[12];
-    __m512i x = _mm512_set1_epi16(0x3f80), y = _mm512_set1_epi16(0x3f00);
-    for (int i = 0; i < 12; i++) a[i] = _mm512_set1_ps((float)i);
-    for (long i = 0; i < n; i++) {
-#pragma GCC unroll 12
-        for (int j = 0; j < 12; j++) a[j] = _mm512_dpbf16_ps(a[j], (__m512bh)x, (__m512bh)y);
-        __asm__ volatile("" : "+v"(x));
-    }
-    __m512 s = a[0];
-    for (int i = 1; i < 12; i++) s = _mm512_add_ps(s, a[i]);
-    return _mm512_reduce_add_ps(s);
-}
-static double measure_peak(int threads, int bf16) {
-    long n = 20000000;
-    volatile float sink = 0;
-    double best = 0;
-    for (int rep = 0; rep < 3; rep++) {
-        double t = now();
-#pragma omp parallel num_threads(threads)
-        {
-            float s = bf16 ? peak_dpbf16(n) : peak_fma(n);
-#pragma omp atomic
-            sink += s;
-        }
-        t = now() - t;
-        double g = threads * (double)n * 12 * (bf16 ? 64 : 32) / t / 1e9;
-        if (g > best) best = g;
-    }
-    return best;
-}
 
 typedef struct {
     const char *name;
@@ -96,8 +38,8 @@ int main(int argc, char **argv) {
     }
     int threads = ap_get_num_threads(c);
     ap_attn_isa isa = ap_attn_isa_best();
-    double pf = isa >= AP_ATTN_ISA_AVX512 ? measure_peak(threads, 0) : 0;
-    double pb = isa >= AP_ATTN_ISA_AVX512_BF16 ? measure_peak(threads, 1) : 0;
+    double pf = isa >= AP_ATTN_ISA_AVX512 ? peak_gflops(PEAK_FMA, 4000000L) : 0;
+    double pb = isa >= AP_ATTN_ISA_AVX512_BF16 ? peak_gflops(PEAK_BF16DP, 4000000L) : 0;
     printf("attention benchmark: %d threads, path %s; measured peak f32 FMA %.0f GFLOP/s, "
            "bf16 dot %.0f GFLOP/s\n", threads, ap_attn_isa_name(isa), pf, pb);
     printf("flops: fwd 4*B*H*T*S*d, bwd 10*B*H*T*S*d (FlashAttention convention), median of %d runs\n\n",
@@ -141,11 +83,11 @@ int main(int argc, char **argv) {
             double *tf = malloc(sizeof(double) * runs), *tb = malloc(sizeof(double) * runs);
             for (int r = -1; r < runs; r++) { /* one warm-up run */
                 for (int t = 0; t < 3; t++) ap_tensor_zero_grad(ts[t]);
-                double t0 = now();
+                double t0 = bench_now();
                 ap_tensor *y = ap_attention(c, q, k, v, (int)b->heads, 0, b->causal);
-                double t1 = now();
+                double t1 = bench_now();
                 ap_backward(c, y, g);
-                double t2 = now();
+                double t2 = bench_now();
                 ap_tensor_release(y);
                 if (r >= 0) {
                     tf[r] = t1 - t0;
@@ -158,7 +100,7 @@ int main(int argc, char **argv) {
             }
             double *tall = malloc(sizeof(double) * runs);
             for (int r = 0; r < runs; r++) tall[r] = tf[r] + tb[r];
-            double ma = median(tall, runs), mf = median(tf, runs), mb = median(tb, runs);
+            double ma = bench_median(tall, runs), mf = bench_median(tf, runs), mb = bench_median(tb, runs);
             free(tall);
             double gf = 4 * fl / mf / 1e9, gb = 10 * fl / mb / 1e9, ga = 14 * fl / ma / 1e9;
             printf("%-34s %-5s %9.2f %9.2f %9.2f %8.1f %8.1f %8.1f\n", b->name, prec ? "bf16" : "f32",

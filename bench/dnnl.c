@@ -8,6 +8,9 @@
  *   make bench && build/bench/dnnl [out.json]
  *
  * Threads from AP_NUM_THREADS (default: all). */
+#include "bench.h"
+#include "peaks.h"
+
 #include "backend/cpu/dnnl.h"
 
 #include <immintrin.h>
@@ -28,11 +31,6 @@ static double now(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* Median seconds per call of fn over 7 samples; each sample repeats fn until
  * it has run 20 ms, so short calls are not timer noise. */
 typedef void (*bench_fn)(void *);
@@ -50,61 +48,9 @@ static double median_time(bench_fn fn, void *u) {
         for (int i = 0; i < reps; i++) fn(u);
         s[k] = (now() - t0) / reps;
     }
-    qsort(s, (size_t)nsamples, sizeof s[0], cmp_d);
+    double med = bench_median(s, nsamples);
     last_best = s[0];
-    return s[nsamples / 2];
-}
-
-/* ------------------------------------------------------------ peaks */
-#define PEAK_ITERS 4000000L
-/* 12 independent chains, in registers (spelled out: a loop over an array of
- * accumulators is kept in memory by the compiler) */
-#define CHAINS(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
-#define DECL(i) __m512 a##i = _mm512_set1_ps((float)i);
-#define SUM(i) s += _mm512_reduce_add_ps(a##i);
-__attribute__((target("avx512f"))) static double fma_f32_thread(void) {
-    __m512 x = _mm512_set1_ps(1e-7f), y = _mm512_set1_ps(0.999f);
-    CHAINS(DECL)
-#define STEP(i) a##i = _mm512_fmadd_ps(a##i, y, x);
-    for (long it = 0; it < PEAK_ITERS / 4; it++) {
-        CHAINS(STEP)
-        __asm__ volatile("" ::: "memory");
-    }
-#undef STEP
-    float s = 0;
-    CHAINS(SUM)
-    return s;
-}
-
-__attribute__((target("avx512f,avx512bf16"))) static double dot_bf16_thread(void) {
-    __m512bh p = (__m512bh)_mm512_set1_epi16(0x3c00), q = (__m512bh)_mm512_set1_epi16(0x3c00);
-    CHAINS(DECL)
-#define STEP(i) a##i = _mm512_dpbf16_ps(a##i, p, q);
-    for (long it = 0; it < PEAK_ITERS / 4; it++) {
-        CHAINS(STEP)
-        __asm__ volatile("" ::: "memory");
-    }
-#undef STEP
-    float s = 0;
-    CHAINS(SUM)
-    return s;
-}
-
-/* GFLOP/s of all threads running a register-only loop (12 chains of
- * PEAK_ITERS/4 instructions each; flops per instruction: 32 for f32 FMA, 64
- * for the bf16 pair dot product). */
-static double peak(int bf16) {
-    double best = 0;
-    for (int k = 0; k < 7; k++) { /* the best of 7: other jobs may share the cores */
-        double sink = 0, t0 = now();
-#pragma omp parallel reduction(+ : sink)
-        sink += bf16 ? dot_bf16_thread() : fma_f32_thread();
-        double t = now() - t0;
-        double flops = (double)omp_get_max_threads() * 12.0 * (PEAK_ITERS / 4) * (bf16 ? 64.0 : 32.0);
-        if (sink == 12345.0) printf(" ");
-        best = fmax(best, flops / t * 1e-9);
-    }
-    return best;
+    return med;
 }
 
 /* ------------------------------------------------------------ cases */
@@ -178,8 +124,7 @@ static void record(const char *name, const char *prec, double sec, double flops,
         fprintf(js,
                 "%s\n  {\"case\": \"%s\", \"precision\": \"%s\", \"ms\": %.4f, \"gflops\": %.1f, \"gflops_best\": "
                 "%.1f, \"peak_gflops\": %.1f}",
-                js_first ? "" : ",", name, prec, sec * 1e3, gf, gb, pk);
-    js_first = 0;
+                bench_json_sep(&js_first), name, prec, sec * 1e3, gf, gb, pk);
 }
 
 int main(int argc, char **argv) {
@@ -195,7 +140,7 @@ int main(int argc, char **argv) {
     int bf = ap_cpu_has_bf16();
     __builtin_cpu_init();
     int avx512 = __builtin_cpu_supports("avx512f");
-    double pk32 = avx512 ? peak(0) : 0, pk16 = bf && avx512 ? peak(1) : 0;
+    double pk32 = avx512 ? peak_gflops(PEAK_FMA, 1000000L) : 0, pk16 = bf && avx512 ? peak_gflops(PEAK_BF16DP, 1000000L) : 0;
     printf("threads %d, %s time; measured peak: f32 FMA %.0f GFLOP/s, bf16 dot %.0f GFLOP/s\n",
            ap_get_num_threads(c), clock_id == CLOCK_MONOTONIC ? "wall" : "CPU", pk32, pk16);
     js = fopen(argc > 1 ? argv[1] : "dnnl_bench.json", "w");

@@ -1,6 +1,6 @@
 /* bench/elementwise: the memory-bound ops at Stable Diffusion shapes
  * ([2,64,64,320] activations, batch 2), forward and backward, as effective
- * GB/s and as a fraction of this machine's DRAM triad bandwidth measured in
+ * GB/s and as a fraction of this machine's copy bandwidth (bench/peaks.h) measured in
  * the same run. Medians of --runs runs (default 9) after one warm-up.
  *
  * Bytes counted are those an op must move at least: forward reads its inputs
@@ -12,10 +12,13 @@
  * (one more read and write of the output's size, not counted).
  *
  * At [2,64,64,320] a tensor is 10.5 MB, which a large L3 holds: rates there
- * can exceed the DRAM triad. The [1,256,256,256] rows (64 MiB) are DRAM-bound.
+ * can exceed the copy bandwidth. The [1,256,256,256] rows (64 MiB) are DRAM-bound.
  *
  *   build/bench/elementwise [--runs N] [--json out.json]
  */
+#include "bench.h"
+#include "peaks.h"
+
 #include "alignprop.h"
 
 #include <omp.h>
@@ -27,22 +30,6 @@
 static int g_runs = 9;
 static FILE *g_json;
 static int g_first = 1;
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_d);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 static void die_if(ap_ctx *c, const char *what) {
     if (ap_last_status(c) != AP_OK) {
@@ -65,44 +52,19 @@ static ap_tensor *rnd(ap_ctx *c, int nd, const int64_t *s, float scale, unsigned
     return t;
 }
 
-/* DRAM triad a = b + s*c over 3 x 128 MiB, threads as configured. */
-static double triad_gbs(void) {
-    const int64_t n = 32 << 20;
-    float *a = aligned_alloc(64, (size_t)n * 4), *b = aligned_alloc(64, (size_t)n * 4), *cc = aligned_alloc(64, (size_t)n * 4);
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++) {
-        a[i] = 0;
-        b[i] = 1;
-        cc[i] = 2;
-    }
-    double t[7];
-    for (int r = 0; r < 7; r++) {
-        double t0 = now();
-#pragma omp parallel for simd schedule(static)
-        for (int64_t i = 0; i < n; i++) a[i] = b[i] + 1.5f * cc[i];
-        t[r] = now() - t0;
-    }
-    double gbs = 3.0 * 4 * (double)n / median(t, 7) / 1e9;
-    free(a);
-    free(b);
-    free(cc);
-    return gbs;
-}
-
 typedef ap_tensor *(*fwd_fn)(ap_ctx *c, ap_tensor **in);
 
 /* t: the run times (sorted here); the median is the figure, the minimum
  * shows what the op does when the shared machine leaves it alone. */
 static void report(const char *name, const char *pass, double *t, int n, double bytes, double traffic, double peak) {
-    double med = median(t, n), mn = t[0], gbs = bytes / med / 1e9;
-    printf("%-30s %-9s %8.3f ms %6.1f GB/s %4.0f%% of triad | min %7.3f ms %6.1f GB/s | traffic %6.1f GB/s\n", name,
+    double med = bench_median(t, n), mn = t[0], gbs = bytes / med / 1e9;
+    printf("%-30s %-9s %8.3f ms %6.1f GB/s %4.0f%% of copy  | min %7.3f ms %6.1f GB/s | traffic %6.1f GB/s\n", name,
            pass, med * 1e3, gbs, 100.0 * gbs / peak, mn * 1e3, bytes / mn / 1e9, traffic / med / 1e9);
     if (g_json) {
         fprintf(g_json,
                 "%s\n  {\"op\": \"%s\", \"pass\": \"%s\", \"median_ms\": %.4f, \"min_ms\": %.4f, \"gbs\": %.2f, "
-                "\"traffic_gbs\": %.2f, \"triad_gbs\": %.2f}",
-                g_first ? "" : ",", name, pass, med * 1e3, mn * 1e3, gbs, traffic / med / 1e9, peak);
-        g_first = 0;
+                "\"traffic_gbs\": %.2f, \"copy_gbs\": %.2f}",
+                bench_json_sep(&g_first), name, pass, med * 1e3, mn * 1e3, gbs, traffic / med / 1e9, peak);
     }
     fflush(stdout);
 }
@@ -115,9 +77,9 @@ static void time_op(ap_ctx *c, const char *name, fwd_fn f, ap_tensor **in, int n
     int runs = g_runs > 64 ? 64 : g_runs;
     int prev = ap_set_grad_enabled(c, 0);
     for (int r = -1; r < runs; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         ap_tensor *y = f(c, in);
-        double t1 = now();
+        double t1 = bench_now();
         die_if(c, name);
         ap_tensor_release(y);
         if (r >= 0) tf[r] = t1 - t0;
@@ -130,9 +92,9 @@ static void time_op(ap_ctx *c, const char *name, fwd_fn f, ap_tensor **in, int n
         ap_tensor *y = f(c, in);
         die_if(c, name);
         ap_tensor *g = rnd(c, 1, (int64_t[]){ap_tensor_numel(y)}, 1.0f, 7);
-        double t0 = now();
+        double t0 = bench_now();
         ap_backward(c, y, g);
-        double t1 = now();
+        double t1 = bench_now();
         die_if(c, name);
         ap_tensor_release(y);
         ap_tensor_release(g);
@@ -170,8 +132,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "context: %s\n", c ? ap_last_error(c) : "out of memory");
         return 1;
     }
-    double peak = triad_gbs();
-    printf("threads %d, DRAM triad measured now: %.1f GB/s; medians of %d runs\n\n", ap_get_num_threads(c), peak, g_runs);
+    double peak = peak_copy_gbs((size_t)32 << 20); /* 2 x 128 MiB */
+    printf("threads %d, copy bandwidth (read + write) measured now: %.1f GB/s; medians of %d runs\n\n", ap_get_num_threads(c), peak, g_runs);
     if (g_json) fprintf(g_json, "[");
 
     int64_t s[4] = {2, 64, 64, 320};

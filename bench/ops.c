@@ -5,6 +5,7 @@
  *
  *   build/bench/ops [--runs N] [--json out.json] [--quick] [--only conv|attn|norm|elem]
  */
+#include "bench.h"
 #include "peaks.h"
 
 #include "alignprop.h"
@@ -24,24 +25,13 @@ static const char *g_only = NULL;
 static FILE *g_json = NULL;
 static int g_json_first = 1;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
 typedef struct {
     double min, med, max;
 } stats;
 
 static stats summarize(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_d);
-    stats s = {t[0], n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]), t[n - 1]};
+    double med = bench_median(t, n);
+    stats s = {t[0], med, t[n - 1]};
     return s;
 }
 
@@ -75,9 +65,8 @@ static void report(const char *name, const char *prec, const char *pass, stats s
                 "%s\n  {\"op\": \"%s\", \"precision\": \"%s\", \"pass\": \"%s\", \"median_ms\": %.4f, "
                 "\"min_ms\": %.4f, \"max_ms\": %.4f, \"rate\": %.2f, \"unit\": \"%s\", \"peak\": %.2f, "
                 "\"fraction_of_peak\": %.4f}",
-                g_json_first ? "" : ",", name, prec, pass, s.med * 1e3, s.min * 1e3, s.max * 1e3, rate,
+                bench_json_sep(&g_json_first), name, prec, pass, s.med * 1e3, s.min * 1e3, s.max * 1e3, rate,
                 unit, peak, peak > 0 ? rate / peak : 0.0);
-        g_json_first = 0;
     }
     fflush(stdout);
 }
@@ -94,9 +83,9 @@ static void time_op(ap_ctx *c, const char *name, fwd_fn f, void *u, ap_tensor **
     int runs = g_runs > 64 ? 64 : g_runs;
     int prev = ap_set_grad_enabled(c, 0);
     for (int r = -1; r < runs; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         ap_tensor *y = f(c, u, in);
-        double t1 = now();
+        double t1 = bench_now();
         die_if(c, name);
         ap_tensor_release(y);
         if (r >= 0) tf[r] = t1 - t0;
@@ -109,9 +98,9 @@ static void time_op(ap_ctx *c, const char *name, fwd_fn f, void *u, ap_tensor **
         ap_tensor *y = f(c, u, in);
         die_if(c, name);
         ap_tensor *g = rnd(c, 1, (int64_t[]){ap_tensor_numel(y)}, 1.0f, 7);
-        double t0 = now();
+        double t0 = bench_now();
         ap_backward(c, y, g);
-        double t1 = now();
+        double t1 = bench_now();
         die_if(c, name);
         ap_tensor_release(y);
         ap_tensor_release(g);

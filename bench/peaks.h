@@ -7,6 +7,8 @@
 #define AP_BENCH_PEAKS_H
 
 #define _GNU_SOURCE
+#include "bench.h"
+
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -16,12 +18,6 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-
-static inline double peaks_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* 12 independent chains spelled out, so they stay in registers (a loop over an
  * array of accumulators is kept in memory by the compiler). */
@@ -93,7 +89,7 @@ __attribute__((target("amx-tile,amx-bf16"), noinline)) static void peak_amx_thre
 enum { PEAK_FMA, PEAK_BF16DP, PEAK_AMX };
 
 /* GFLOP/s of all threads; 0 when the CPU lacks the instructions. */
-__attribute__((unused)) static double peak_gflops(int kind, long iters) {
+static inline double peak_gflops(int kind, long iters) {
     __builtin_cpu_init();
     if (!__builtin_cpu_supports("avx512f")) return 0;
     if (kind == PEAK_BF16DP && !__builtin_cpu_supports("avx512bf16")) return 0;
@@ -104,7 +100,7 @@ __attribute__((unused)) static double peak_gflops(int kind, long iters) {
     double best = 0;
     for (int k = 0; k < 7; k++) {
         float sink = 0;
-        double t0 = peaks_now();
+        double t0 = bench_now();
 #pragma omp parallel reduction(+ : sink)
         {
             if (kind == PEAK_FMA)
@@ -114,7 +110,7 @@ __attribute__((unused)) static double peak_gflops(int kind, long iters) {
             else
                 peak_amx_thread(iters);
         }
-        double t = peaks_now() - t0;
+        double t = bench_now() - t0;
         if (sink == 12345.0f) t += 1e-9; /* keep sink alive */
         best = fmax(best, per_iter * iters * omp_get_max_threads() / t * 1e-9);
     }
@@ -123,7 +119,7 @@ __attribute__((unused)) static double peak_gflops(int kind, long iters) {
 
 /* Read + write bandwidth (GB/s) of a parallel copy-with-scale over two buffers
  * of n floats (out of cache when n is large). */
-__attribute__((unused)) static double peak_copy_gbs(size_t n) {
+static inline double peak_copy_gbs(size_t n) {
     float *a = aligned_alloc(64, n * 4), *b = aligned_alloc(64, n * 4);
     if (!a || !b) {
         free(a);
@@ -134,10 +130,10 @@ __attribute__((unused)) static double peak_copy_gbs(size_t n) {
     for (size_t i = 0; i < n; i++) a[i] = (float)i, b[i] = 0;
     double best = 0;
     for (int r = 0; r < 7; r++) {
-        double t0 = peaks_now();
+        double t0 = bench_now();
 #pragma omp parallel for simd schedule(static)
         for (size_t i = 0; i < n; i++) b[i] = a[i] * 1.0001f;
-        best = fmax(best, 2.0 * (double)n * 4 / (peaks_now() - t0) / 1e9);
+        best = fmax(best, 2.0 * (double)n * 4 / (bench_now() - t0) / 1e9);
     }
     volatile float sink = b[n / 3];
     (void)sink;

@@ -5,6 +5,7 @@
  * pass; the 6 MB input and 2.8 MB intermediate mostly stay in cache, so the
  * figure can exceed DRAM speed), and writes JSON to argv[1] (default
  * bench_resize.json). */
+#include "bench.h"
 #include "alignprop.h"
 
 #include <stdio.h>
@@ -14,22 +15,6 @@
 
 #define RUNS 15
 #define DRAM_GBS 26.0 /* measured triad bandwidth of the development machine */
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 typedef struct {
     const char *mode;
@@ -43,22 +28,22 @@ static result run(ap_ctx *c, ap_tensor *x, ap_tensor *g, ap_resize_mode mode, in
     double t[RUNS];
     int prev = ap_set_grad_enabled(c, 0);
     for (int i = -2; i < RUNS; i++) { /* two warm-up runs fill the arena's caches */
-        double t0 = now_ms();
+        double t0 = (1e3 * bench_now());
         ap_tensor *y = ap_resize(c, x, 224, 224, mode, aa);
-        if (i >= 0) t[i] = now_ms() - t0;
+        if (i >= 0) t[i] = (1e3 * bench_now()) - t0;
         ap_tensor_release(y);
     }
-    r.fwd_ms = median(t, RUNS);
+    r.fwd_ms = bench_median(t, RUNS);
     ap_set_grad_enabled(c, prev);
     for (int i = -2; i < RUNS; i++) {
         ap_tensor_zero_grad(x);
-        double t0 = now_ms();
+        double t0 = (1e3 * bench_now());
         ap_tensor *y = ap_resize(c, x, 224, 224, mode, aa);
         ap_backward(c, y, g);
-        if (i >= 0) t[i] = now_ms() - t0;
+        if (i >= 0) t[i] = (1e3 * bench_now()) - t0;
         ap_tensor_release(y);
     }
-    r.fwdbwd_ms = median(t, RUNS);
+    r.fwdbwd_ms = bench_median(t, RUNS);
     return r;
 }
 

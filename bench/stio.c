@@ -11,6 +11,7 @@
  *
  *   build/bench/stio [--runs N] [--mb MB_OF_F16] [--dir DIR] [--json out.json]
  */
+#include "bench.h"
 #include "alignprop.h"
 
 #include <omp.h>
@@ -24,28 +25,11 @@ static int g_runs = 5;
 static FILE *g_json;
 static int g_json_first = 1;
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double cpu_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static double g_min; /* the fastest run of the last median() */
 static double median(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_d);
+    double m = bench_median(t, n);
     g_min = t[0];
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    return m;
 }
 
 /* Copy bandwidth (bytes read + written per second) over n bytes, all threads. */
@@ -55,14 +39,14 @@ static double copy_peak(size_t n) {
     memset(b, 2, n);
     double t[7];
     for (int r = 0; r < 7; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         int nt = omp_get_max_threads();
 #pragma omp parallel for schedule(static)
         for (int k = 0; k < nt; k++) {
             size_t lo = n / (size_t)nt * (size_t)k, hi = k == nt - 1 ? n : n / (size_t)nt * (size_t)(k + 1);
             memcpy(b + lo, a + lo, hi - lo);
         }
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
     double bw = 2.0 * (double)n / median(t, 7);
     free(a);
@@ -80,8 +64,7 @@ static void row(const char *what, double sec, double best, double cpu, double by
     printf("\n");
     if (g_json) {
         fprintf(g_json, "%s\n  {\"what\": \"%s\", \"ms\": %.4f, \"cpu_ms\": %.4f, \"gb_per_s\": %.4f}",
-                g_json_first ? "" : ",", what, sec * 1e3, cpu * 1e3, gbs);
-        g_json_first = 0;
+                bench_json_sep(&g_json_first), what, sec * 1e3, cpu * 1e3, gbs);
     }
 }
 
@@ -157,12 +140,12 @@ int main(int argc, char **argv) {
         snprintf(paths[f], sizeof paths[f], "%s/ap_bench_stio_%d_%s.safetensors", dir, (int)getpid(),
                  ap_dtype_name(stored[f]));
         const char *mk = "format", *mv = "pt";
-        double t0 = now();
+        double t0 = bench_now();
         if (ap_st_save(c, paths[f], n, (const char *const *)names, ts, 1, &mk, &mv) != AP_OK) {
             fprintf(stderr, "save: %s\n", ap_last_error(c));
             return 1;
         }
-        double sec = now() - t0;
+        double sec = bench_now() - t0;
         char what[64];
         snprintf(what, sizeof what, "save %s (write + fsync)", ap_dtype_name(stored[f]));
         row(what, sec, sec, 0, (double)total * (double)ap_dtype_size(stored[f]) / 2, 0);
@@ -191,22 +174,21 @@ int main(int argc, char **argv) {
             return 1;
         }
         for (int r = 0; r < g_runs; r++) {
-            double t0 = now();
+            double t0 = bench_now();
             ap_safetensors *st = NULL;
             if (ap_st_open(c, hp, &st) != AP_OK) {
                 fprintf(stderr, "open: %s\n", ap_last_error(c));
                 return 1;
             }
-            tm[r] = now() - t0;
+            tm[r] = bench_now() - t0;
             ap_st_close(st);
         }
         double so = median(tm, g_runs);
         printf("%-36s %9.3f ms %7.2f us per tensor\n", "open 1130 tensors (parse, validate)", so * 1e3,
                so * 1e6 / NH);
         if (g_json) {
-            fprintf(g_json, "%s\n  {\"what\": \"open 1130 tensors\", \"ms\": %.4f}", g_json_first ? "" : ",",
+            fprintf(g_json, "%s\n  {\"what\": \"open 1130 tensors\", \"ms\": %.4f}", bench_json_sep(&g_json_first),
                     so * 1e3);
-            g_json_first = 0;
         }
         unlink(hp);
         for (int i = 0; i < NH; i++) {
@@ -225,7 +207,7 @@ int main(int argc, char **argv) {
         size_t in_bytes = total * ap_dtype_size(stored[loads[l].file]) / 2,
                out_bytes = total * ap_dtype_size(loads[l].to) / 2;
         for (int r = 0; r < g_runs; r++) {
-            double t0 = now(), c0 = cpu_now();
+            double t0 = bench_now(), c0 = bench_cpu_now();
             for (int i = 0; i < n; i++) {
                 ap_tensor *t = NULL;
                 if (ap_st_load(c, st, names[i], loads[l].to, &t) != AP_OK) {
@@ -234,8 +216,8 @@ int main(int argc, char **argv) {
                 }
                 ap_tensor_release(t);
             }
-            tm[r] = now() - t0;
-            tc[r] = cpu_now() - c0;
+            tm[r] = bench_now() - t0;
+            tc[r] = bench_cpu_now() - c0;
         }
         char what[64];
         snprintf(what, sizeof what, "load %s file as %s", ap_dtype_name(stored[loads[l].file]),
@@ -251,10 +233,10 @@ int main(int argc, char **argv) {
             src[i] = stored[loads[l].file] == AP_F16 ? ap_tensor_retain(t16[i])
                                                      : ap_tensor_convert(c, t16[i], stored[loads[l].file]);
         for (int r = 0; r < g_runs; r++) {
-            double t0 = now(), c0 = cpu_now();
+            double t0 = bench_now(), c0 = bench_cpu_now();
             for (int i = 0; i < n; i++) ap_tensor_release(ap_tensor_convert(c, src[i], loads[l].to));
-            tm[r] = now() - t0;
-            tc[r] = cpu_now() - c0;
+            tm[r] = bench_now() - t0;
+            tc[r] = bench_cpu_now() - c0;
         }
         snprintf(what, sizeof what, "  ap_tensor_convert %s to %s", ap_dtype_name(stored[loads[l].file]),
                  ap_dtype_name(loads[l].to));

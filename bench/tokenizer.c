@@ -6,6 +6,7 @@
  *   build/bench/tokenizer [--runs N] [--prompts FILE]
  * FILE defaults to $AP_SHARED_DIR/data/prompts/hps_v2_all.txt (752 captions);
  * without it, synthetic prompts are used. */
+#include "bench.h"
 #include "models/names.h"
 #include "models/tokenizer.h"
 
@@ -13,22 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return v[n / 2];
-}
 
 static char **read_prompts(const char *path, int *n) {
     FILE *f = path ? fopen(path, "rb") : NULL;
@@ -82,11 +67,11 @@ int main(int argc, char **argv) {
     ap_tokenizer *tok = NULL;
     for (int r = 0; r < runs; r++) {
         ap_tokenizer_free(tok);
-        double t0 = now();
+        double t0 = bench_now();
         if (ap_tokenizer_load_bundled(NULL, &tok) != AP_OK) return 1;
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
-    printf("%-34s %10.2f ms\n", "load bundled merges (inflate+build)", 1e3 * median(t, runs));
+    printf("%-34s %10.2f ms\n", "load bundled merges (inflate+build)", 1e3 * bench_median(t, runs));
 
     int32_t ids[AP_TOK_CONTEXT];
     int64_t total = 0, nt;
@@ -98,12 +83,12 @@ int main(int argc, char **argv) {
         for (int r = 0; r < runs; r++) {
             ap_tokenizer *tk = tok;
             if (pass == 0) ap_tokenizer_load_bundled(NULL, &tk); /* cold: an empty cache */
-            double t0 = now();
+            double t0 = bench_now();
             for (int i = 0; i < np; i++) ap_tokenize_seq(NULL, tk, prompts[i], NULL, ids, &nt);
-            t[r] = now() - t0;
+            t[r] = bench_now() - t0;
             if (pass == 0) ap_tokenizer_free(tk);
         }
-        double m = median(t, runs);
+        double m = bench_median(t, runs);
         printf("%-34s %10.2f us/prompt  %8.2f M ids/s  (%d prompts, %.1f ids each, %s)\n",
                pass ? "tokenize to 77, warm cache" : "tokenize to 77, cold cache", 1e6 * m / np,
                (double)total / m * 1e-6, np, (double)total / np, prompts_path ? prompts_path : "synthetic");
@@ -114,11 +99,11 @@ int main(int argc, char **argv) {
     unsigned s = 1;
     for (size_t i = 0; i < big; i++) word[i] = (char)('a' + (s = s * 1103515245u + 12345u) % 26);
     for (int r = 0; r < runs; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         ap_tokenize(NULL, tok, word, big, 0, NULL, 0);
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
-    printf("%-34s %10.2f ms\n", "one 1 MiB word (heap BPE)", 1e3 * median(t, runs));
+    printf("%-34s %10.2f ms\n", "one 1 MiB word (heap BPE)", 1e3 * bench_median(t, runs));
     free(word);
 
     const ap_name_table *nt_sd1 = ap_name_table_sd1();
@@ -127,15 +112,15 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n; i++) ap_name_table_get(nt_sd1, i, ldm[i], 160, dif[i], 160, NULL);
     for (int r = 0; r < runs; r++) {
         char out[256];
-        double t0 = now();
+        double t0 = bench_now();
         for (int i = 0; i < n; i++) {
             ap_name_ldm_to_diffusers(ldm[i], out, sizeof out, NULL);
             ap_name_diffusers_to_ldm(dif[i], out, sizeof out, NULL);
         }
-        t[r] = now() - t0;
+        t[r] = bench_now() - t0;
     }
     printf("%-34s %10.2f ms  (%d names, %.2f us per mapping)\n", "map all SD1.5 names both ways",
-           1e3 * median(t, runs), n, 1e6 * median(t, runs) / (2.0 * n));
+           1e3 * bench_median(t, runs), n, 1e6 * bench_median(t, runs) / (2.0 * n));
     free(ldm);
     free(dif);
     ap_tokenizer_free(tok);

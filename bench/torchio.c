@@ -17,6 +17,7 @@
  * The page cache is warm after the first pass (the numbers are for a file
  * already in memory; a cold read is bounded by the disk).
  */
+#include "bench.h"
 #include "core/internal.h"
 #include "io/torchfile.h"
 
@@ -25,27 +26,11 @@
 #include <string.h>
 #include <time.h>
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof *v, cmp_d);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 static int is_float(const char *dt) { return dt[0] == 'F' || (dt[0] == 'B' && dt[1] == 'F'); }
 
 /* Loads every floating tensor as dt; returns seconds. */
 static double load_all(ap_ctx *c, ap_torchfile *pt, ap_dtype dt, size_t *stored_bytes) {
-    double t0 = now();
+    double t0 = bench_now();
     size_t bytes = 0;
     for (int i = 0; i < ap_pt_count(pt); i++) {
         const char *d = ap_pt_dtype(pt, i);
@@ -59,17 +44,17 @@ static double load_all(ap_ctx *c, ap_torchfile *pt, ap_dtype dt, size_t *stored_
         ap_tensor_release(t);
     }
     if (stored_bytes) *stored_bytes = bytes;
-    return now() - t0;
+    return bench_now() - t0;
 }
 
 static double copy_all(ap_torchfile *pt, void *buf) {
-    double t0 = now();
+    double t0 = bench_now();
     for (int i = 0; i < ap_pt_count(pt); i++) {
         size_t nb;
         const void *raw = ap_pt_raw(pt, i, &nb);
         if (raw) memcpy(buf, raw, nb);
     }
-    return now() - t0;
+    return bench_now() - t0;
 }
 
 int main(int argc, char **argv) {
@@ -83,15 +68,15 @@ int main(int argc, char **argv) {
     double *ts = calloc((size_t)reps, sizeof *ts);
     ap_torchfile *pt = NULL;
     for (int r = 0; r < reps; r++) {
-        double t0 = now();
+        double t0 = bench_now();
         if (ap_pt_open(c, argv[1], &pt) != AP_OK) {
             fprintf(stderr, "%s\n", ap_last_error(c));
             return 1;
         }
-        ts[r] = now() - t0;
+        ts[r] = bench_now() - t0;
         if (r + 1 < reps) ap_pt_close(pt);
     }
-    double t_open = median(ts, reps);
+    double t_open = bench_median(ts, reps);
     size_t bytes = 0, biggest = 0, n_raw = 0;
     for (int i = 0; i < ap_pt_count(pt); i++) {
         size_t nb;
@@ -105,7 +90,7 @@ int main(int argc, char **argv) {
     printf("%-28s %10.1f %10s\n", "open (directory + data.pkl)", 1e3 * t_open, "-");
     void *buf = malloc(biggest ? biggest : 1);
     for (int r = 0; r < reps; r++) ts[r] = copy_all(pt, buf);
-    double t = median(ts, reps);
+    double t = bench_median(ts, reps);
     printf("%-28s %10.1f %10.2f\n", "memcpy from the mapping", 1e3 * t, (double)bytes / t / 1e9);
     free(buf);
     static const struct {
@@ -121,7 +106,7 @@ int main(int argc, char **argv) {
     for (size_t m = 0; m < sizeof modes / sizeof modes[0]; m++) {
         ap_pt_set_direct(pt, modes[m].direct);
         for (int r = 0; r < reps; r++) ts[r] = load_all(c, pt, modes[m].dt, NULL);
-        t = median(ts, reps);
+        t = bench_median(ts, reps);
         printf("%-28s %10.1f %10.2f\n", modes[m].name, 1e3 * t, (double)bytes / t / 1e9);
     }
     ap_pt_close(pt);

@@ -1,4 +1,5 @@
 /* Context, status strings, version, tensors, dtype conversions and the arena. */
+#include "backend/cpu/convert.h"
 #include "core/internal.h"
 #include "test.h"
 
@@ -131,6 +132,98 @@ static void test_conversions(ap_ctx *c) {
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) ap_tensor_release(ts[i]);
 }
 
+/* The scalar functions define the bits; every kernel level must give the same
+ * bits for every float dtype pair, with FTZ/DAZ on (subnormals must survive),
+ * for NaN payloads, infinities, exact ties, any tail length and unaligned
+ * sources, and must not write past n. */
+static float scalar_widen(const uint16_t *h16, const uint32_t *u32, ap_dtype sd, int i) {
+    float f;
+    if (sd == AP_BF16) return ap_bf16_to_f32(h16[i]);
+    if (sd == AP_F16) return ap_f16_to_f32(h16[i]);
+    memcpy(&f, &u32[i], 4);
+    return f;
+}
+
+static uint32_t scalar_narrow(ap_dtype dd, float f) {
+    uint32_t u;
+    if (dd == AP_BF16) return ap_f32_to_bf16(f);
+    if (dd == AP_F16) return ap_f32_to_f16(f);
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static void test_convert_kernels(void) {
+    enum { N = 1200 };
+    static uint32_t u32[N];
+    static uint16_t h16[N];
+    static unsigned char srcbuf[4 * N + 8], dstbuf[4 * N + 64];
+    test_rng r = {77};
+    for (int i = 0; i < N; i++) {
+        uint32_t u = (uint32_t)test_rng_next(&r);
+        uint16_t h = (uint16_t)(u >> 7);
+        switch (i % 9) {
+        case 0: u &= 0x807fffffu, h &= 0x83ffu; break;                          /* subnormals (and zeros) */
+        case 1: u |= 0x7f800000u, h |= 0x7c00u; break;                          /* NaN with payloads, rarely inf */
+        case 2: u = (u & 0xffff0000u) | 0x8000u; break;                         /* bf16 ties */
+        case 3: u = (u & 0xffffe000u) | 0x1000u, h = (uint16_t)(h & 0x8000u); break; /* f16 ties; signed zero */
+        case 4: u = (u & 0x80000000u) | (uint32_t)(0x33000000u + (u & 0x01ffffffu)); break; /* f16 subnormal range */
+        case 5: u = (u & 0x807fffffu) | 0x00800000u; break;                       /* smallest normals */
+        default: break;
+        }
+        u32[i] = u;
+        h16[i] = h;
+    }
+    u32[10] = 0x7f800000u, u32[11] = 0xff800000u, h16[10] = 0x7c00, h16[11] = 0xfc00; /* infinities */
+    u32[12] = 0x477ff000u, u32[13] = 0x7f7fffffu;                                    /* f16 overflow ties */
+    ap_set_ftz_daz();
+    const ap_dtype fl[3] = {AP_F32, AP_BF16, AP_F16};
+    int bad = 0;
+    for (int isa = 0; isa <= (int)ap_cpu_convert_isa(); isa++)
+        for (int a = 0; a < 3; a++)
+            for (int b = 0; b < 3; b++) {
+                ap_dtype sd = fl[a], dd = fl[b];
+                size_t ss = ap_dtype_size(sd), ds = ap_dtype_size(dd);
+                for (int mis = 0; mis < 2; mis++) {
+                    unsigned char *src = srcbuf + mis * (ss == 4 ? 2 : 1); /* misaligned by half an element */
+                    memcpy(src, sd == AP_F32 ? (const void *)u32 : (const void *)h16, ss * N);
+                    for (int n = 0; n <= N && bad < 5; n += n < 70 ? 1 : 377) {
+                        memset(dstbuf, 0xab, sizeof dstbuf);
+                        ap_cpu_convert_at((ap_cvt_isa)isa, dstbuf, dd, src, sd, n);
+                        for (int i = 0; i < n && bad < 5; i++) {
+                            uint32_t want = sd == dd ? (sd == AP_F32 ? u32[i] : h16[i]) /* a copy */
+                                                     : scalar_narrow(dd, scalar_widen(h16, u32, sd, i));
+                            uint32_t got = 0;
+                            memcpy(&got, dstbuf + ds * (size_t)i, ds);
+                            if (got != want) {
+                                bad++;
+                                fprintf(stderr, "isa %d %s->%s n %d [%d]: got %08x want %08x\n", isa,
+                                        ap_dtype_name(sd), ap_dtype_name(dd), n, i, got, want);
+                            }
+                        }
+                        for (size_t k = ds * (size_t)n; k < sizeof dstbuf; k++) bad += dstbuf[k] != 0xab;
+                    }
+                }
+            }
+    CHECK_MSG(bad == 0, "%d conversion kernel results differ from the scalar functions", bad);
+    /* every f16 value, widened by each level, and back */
+    int badh = 0;
+    for (int isa = 0; isa <= (int)ap_cpu_convert_isa(); isa++) {
+        static uint16_t all[65536], back[65536];
+        static float wide[65536];
+        for (int h = 0; h < 65536; h++) all[h] = (uint16_t)h;
+        ap_cpu_convert_at((ap_cvt_isa)isa, wide, AP_F32, all, AP_F16, 65536);
+        ap_cpu_convert_at((ap_cvt_isa)isa, back, AP_F16, wide, AP_F32, 65536);
+        for (int h = 0; h < 65536; h++) {
+            uint32_t w, want;
+            float ref = ap_f16_to_f32((uint16_t)h);
+            memcpy(&w, &wide[h], 4);
+            memcpy(&want, &ref, 4);
+            badh += w != want || back[h] != ap_f32_to_f16(ref);
+        }
+    }
+    CHECK_MSG(badh == 0, "%d f16 values not widened exactly under FTZ/DAZ", badh);
+}
+
 static void test_arena(ap_ctx *c) {
     ap_mem_trim(c);
     size_t base = ap_mem_in_use(c);
@@ -168,6 +261,7 @@ int main(void) {
     ap_ctx *c = test_ctx();
     test_tensors(c);
     test_conversions(c);
+    test_convert_kernels();
     test_arena(c);
     ap_ctx_free(c);
     return test_summary("tensor");

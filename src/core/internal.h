@@ -208,7 +208,13 @@ static inline uint16_t ap_f32_to_bf16(float f) {
 }
 float ap_f16_to_f32(uint16_t h);
 uint16_t ap_f32_to_f16(float f);
-/* Converts n elements between float dtypes (f32, bf16, f16) and ids (i32, i64). */
+/* Converts n elements between float dtypes (f32, bf16, f16) and ids (i32, i64).
+ * Float conversions are exact (round to nearest even, NaN kept, subnormals
+ * kept under FTZ/DAZ) and bit-identical to the scalar functions above; their
+ * src needs no alignment. Runs of at most AP_CONVERT_SERIAL_MAX elements stay
+ * on the calling thread (readers that convert tensor by tensor call it in
+ * chunks: a parallel region per tensor stalls on a busy machine). */
+#define AP_CONVERT_SERIAL_MAX 65536
 ap_status ap_convert(void *dst, ap_dtype dt_dst, const void *src, ap_dtype dt_src, int64_t n);
 
 /* Sets flush-to-zero and denormals-are-zero in the calling thread. */

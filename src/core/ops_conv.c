@@ -6,19 +6,9 @@
  * the weight only for dx and the input only for dw, so a frozen layer keeps
  * no activation alive for its backward. */
 #include "backend/cpu/dnnl.h"
+#include "core/weight_args.h"
 
 #include <stdio.h>
-
-static bool is_float(ap_dtype dt) { return dt == AP_F32 || dt == AP_BF16 || dt == AP_F16; }
-
-/* "weight" or "weight <name>", for messages */
-static const char *weight_label(const ap_tensor *w, char *buf, size_t n) {
-    if (w->name && *w->name)
-        snprintf(buf, n, "weight %s", w->name);
-    else
-        snprintf(buf, n, "weight");
-    return buf;
-}
 
 /* node->i[] holds the geometry */
 static void geom_save(ap_node *n, const ap_conv_geom *g) {
@@ -58,13 +48,9 @@ static void conv_backward(ap_ctx *c, ap_node *n) {
 /* AP_OK, or the error (set in c) naming the argument at fault. */
 static ap_status check_conv(ap_ctx *c, const ap_tensor *x, const ap_tensor *w, const ap_tensor *bias,
                             const ap_conv_params *p) {
-    char a[96], b[96], wl[160];
+    char a[96], wl[160];
     if (!ap_check_input(c, "conv2d", "x", x, AP_F32)) return c->status;
-    if (!w) return ap_seterr(c, AP_ERR_INVALID_ARG, "conv2d: weight is NULL");
-    weight_label(w, wl, sizeof wl);
-    if (!is_float(w->dtype))
-        return ap_seterr(c, AP_ERR_DTYPE, "conv2d: %s has dtype %s (need f32, bf16 or f16)", wl,
-                         ap_dtype_name(w->dtype));
+    if (ap_check_weight(c, "conv2d", w, wl, sizeof wl) != AP_OK) return c->status;
     if (x->ndim != 4)
         return ap_seterr(c, AP_ERR_SHAPE, "conv2d: x %s must be 4-D [N,H,W,C]", ap_shape_str(x, a, sizeof a));
     if (w->ndim != 4)
@@ -87,12 +73,7 @@ static ap_status check_conv(ap_ctx *c, const ap_tensor *x, const ap_tensor *w, c
                          "conv2d: x %s padded by {%d,%d,%d,%d} is smaller than the %lldx%lld kernel",
                          ap_shape_str(x, a, sizeof a), p->pad[0], p->pad[1], p->pad[2], p->pad[3],
                          (long long)w->shape[2], (long long)w->shape[3]);
-    if (bias && !is_float(bias->dtype))
-        return ap_seterr(c, AP_ERR_DTYPE, "conv2d: bias has dtype %s", ap_dtype_name(bias->dtype));
-    if (bias && (bias->ndim != 1 || bias->shape[0] != w->shape[0]))
-        return ap_seterr(c, AP_ERR_SHAPE, "conv2d: bias %s does not match %s %s (%lld output channels)",
-                         ap_shape_str(bias, a, sizeof a), wl, ap_shape_str(w, b, sizeof b), (long long)w->shape[0]);
-    return AP_OK;
+    return ap_check_bias(c, "conv2d", bias, w, wl, "output channels");
 }
 
 ap_tensor *ap_conv2d(ap_ctx *c, ap_tensor *x, ap_tensor *w, ap_tensor *bias, ap_conv_params p) {

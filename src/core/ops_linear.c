@@ -9,19 +9,9 @@
  * batch: as one product over all rows when a is not transposed, else one
  * product per batch element accumulated in order. */
 #include "backend/cpu/dnnl.h"
+#include "core/weight_args.h"
 
 #include <stdio.h>
-
-static bool is_float(ap_dtype dt) { return dt == AP_F32 || dt == AP_BF16 || dt == AP_F16; }
-
-/* "weight" or "weight <name>", for messages */
-static const char *weight_label(const ap_tensor *w, char *buf, size_t n) {
-    if (w->name && *w->name)
-        snprintf(buf, n, "weight %s", w->name);
-    else
-        snprintf(buf, n, "weight");
-    return buf;
-}
 
 /* ------------------------------------------------------------ linear */
 static void linear_backward(ap_ctx *c, ap_node *n) {
@@ -40,39 +30,20 @@ static void linear_backward(ap_ctx *c, ap_node *n) {
 ap_tensor *ap_linear(ap_ctx *c, ap_tensor *x, ap_tensor *w, ap_tensor *bias) {
     char s1[96], s2[96], wl[160];
     if (!c || !ap_check_input(c, "linear", "x", x, AP_F32)) return NULL;
-    if (!w) {
-        ap_seterr(c, AP_ERR_INVALID_ARG, "linear: weight is NULL");
-        return NULL;
-    }
-    if (!is_float(w->dtype)) {
-        ap_seterr(c, AP_ERR_DTYPE, "linear: %s has dtype %s (need f32, bf16 or f16)",
-                  weight_label(w, wl, sizeof wl), ap_dtype_name(w->dtype));
-        return NULL;
-    }
+    if (ap_check_weight(c, "linear", w, wl, sizeof wl) != AP_OK) return NULL;
     if (w->ndim != 2) {
-        ap_seterr(c, AP_ERR_SHAPE, "linear: %s %s must be 2-D [out,in]", weight_label(w, wl, sizeof wl),
+        ap_seterr(c, AP_ERR_SHAPE, "linear: %s %s must be 2-D [out,in]", wl,
                   ap_shape_str(w, s1, sizeof s1));
         return NULL;
     }
     if (x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1]) {
         ap_seterr(c, AP_ERR_SHAPE, "linear: x %s has %lld features, %s %s expects %lld",
                   ap_shape_str(x, s1, sizeof s1), x->ndim ? (long long)x->shape[x->ndim - 1] : 0LL,
-                  weight_label(w, wl, sizeof wl), ap_shape_str(w, s2, sizeof s2), (long long)w->shape[1]);
+                  wl, ap_shape_str(w, s2, sizeof s2), (long long)w->shape[1]);
         return NULL;
     }
     int64_t in = w->shape[1], out = w->shape[0];
-    if (bias) {
-        if (!is_float(bias->dtype)) {
-            ap_seterr(c, AP_ERR_DTYPE, "linear: bias has dtype %s", ap_dtype_name(bias->dtype));
-            return NULL;
-        }
-        if (bias->ndim != 1 || bias->shape[0] != out) {
-            ap_seterr(c, AP_ERR_SHAPE, "linear: bias %s does not match %s %s (%lld outputs)",
-                      ap_shape_str(bias, s1, sizeof s1), weight_label(w, wl, sizeof wl),
-                      ap_shape_str(w, s2, sizeof s2), (long long)out);
-            return NULL;
-        }
-    }
+    if (ap_check_bias(c, "linear", bias, w, wl, "outputs") != AP_OK) return NULL;
     int64_t shape[AP_MAX_DIMS], rows = 1;
     for (int i = 0; i < x->ndim - 1; i++) rows *= (shape[i] = x->shape[i]);
     shape[x->ndim - 1] = out;

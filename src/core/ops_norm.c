@@ -67,6 +67,25 @@ static void norm_accs(ap_ctx *c, ap_node *n, float **g, float *acc) {
     }
 }
 
+/* A saved tensor of a norm node as f32 (NULL when it was not saved). */
+static const float *saved_f32(const ap_node *n, int k) { return n->saved[k] ? ap_f32(n->saved[k]) : NULL; }
+
+/* The end of a norm's forward: drops its references to the f32 copies of
+ * gamma and beta and to the statistics (the node holds what it saved);
+ * returns y, or NULL after an error. */
+static ap_tensor *norm_finish(ap_ctx *c, ap_tensor *y, ap_tensor *gf, ap_tensor *bf, ap_tensor *mean,
+                              ap_tensor *rstd) {
+    if (ap_failed(c)) {
+        ap_tensor_release(y);
+        y = NULL;
+    }
+    ap_tensor_release(gf);
+    ap_tensor_release(bf);
+    ap_tensor_release(mean);
+    ap_tensor_release(rstd);
+    return y;
+}
+
 /* dbeta [C] = acc*dbeta + column sums of dy [R, C]: all a norm's backward
  * does when only beta wants a gradient (x was not even saved). */
 static void beta_only(ap_ctx *c, const char *op, float *dbeta, const float *dy, int64_t R, int64_t C,
@@ -85,10 +104,8 @@ static void group_norm_backward(ap_ctx *c, ap_node *n) {
     float *g[3], acc[3];
     norm_accs(c, n, g, acc);
     if (!g[0] && !g[1] && !g[2]) return;
-    const float *x = n->saved[SAVE_X] ? ap_f32(n->saved[SAVE_X]) : NULL;
-    const float *mean = n->saved[SAVE_MEAN] ? ap_f32(n->saved[SAVE_MEAN]) : NULL;
-    const float *rstd = n->saved[SAVE_RSTD] ? ap_f32(n->saved[SAVE_RSTD]) : NULL;
-    const float *gamma = n->saved[SAVE_GAMMA] ? ap_f32(n->saved[SAVE_GAMMA]) : NULL;
+    const float *x = saved_f32(n, SAVE_X), *mean = saved_f32(n, SAVE_MEAN), *rstd = saved_f32(n, SAVE_RSTD);
+    const float *gamma = saved_f32(n, SAVE_GAMMA);
     if (!x) {
         beta_only(c, "group_norm", g[2], ap_f32(ap_node_gout(n, 0)), N * S, C, acc[2]);
         return;
@@ -135,15 +152,7 @@ ap_tensor *ap_group_norm(ap_ctx *c, ap_tensor *x, int groups, ap_tensor *gamma, 
             record(c, "group_norm", group_norm_backward, x, gamma, beta, gf, mean, rstd, y, groups, eps);
         }
     }
-    if (ap_failed(c)) {
-        ap_tensor_release(y);
-        y = NULL;
-    }
-    ap_tensor_release(gf);
-    ap_tensor_release(bf);
-    ap_tensor_release(mean);
-    ap_tensor_release(rstd);
-    return y;
+    return norm_finish(c, y, gf, bf, mean, rstd);
 }
 
 /* ------------------------------------------------------------ layer norm */
@@ -154,10 +163,8 @@ static void layer_norm_backward(ap_ctx *c, ap_node *n) {
     float *g[3], acc[3];
     norm_accs(c, n, g, acc);
     if (!g[0] && !g[1] && !g[2]) return;
-    const float *x = n->saved[SAVE_X] ? ap_f32(n->saved[SAVE_X]) : NULL;
-    const float *mean = n->saved[SAVE_MEAN] ? ap_f32(n->saved[SAVE_MEAN]) : NULL;
-    const float *rstd = n->saved[SAVE_RSTD] ? ap_f32(n->saved[SAVE_RSTD]) : NULL;
-    const float *gamma = n->saved[SAVE_GAMMA] ? ap_f32(n->saved[SAVE_GAMMA]) : NULL;
+    const float *x = saved_f32(n, SAVE_X), *mean = saved_f32(n, SAVE_MEAN), *rstd = saved_f32(n, SAVE_RSTD);
+    const float *gamma = saved_f32(n, SAVE_GAMMA);
     const float *dy = ap_f32(ap_node_gout(n, 0));
     if (!x) {
         beta_only(c, "layer_norm", g[2], dy, R, C, acc[2]);
@@ -192,13 +199,5 @@ ap_tensor *ap_layer_norm(ap_ctx *c, ap_tensor *x, ap_tensor *gamma, ap_tensor *b
         else
             record(c, "layer_norm", layer_norm_backward, x, gamma, beta, gf, mean, rstd, y, 0, eps);
     }
-    if (ap_failed(c)) {
-        ap_tensor_release(y);
-        y = NULL;
-    }
-    ap_tensor_release(gf);
-    ap_tensor_release(bf);
-    ap_tensor_release(mean);
-    ap_tensor_release(rstd);
-    return y;
+    return norm_finish(c, y, gf, bf, mean, rstd);
 }

@@ -1,6 +1,8 @@
 /* Tensors: reference-counted headers over reference-counted storage. */
 #include "internal.h"
 
+#include "backend/cpu/convert.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,17 +266,9 @@ uint16_t ap_f32_to_f16(float f) {
     return (uint16_t)(sign | half);
 }
 
-/* Float sources widen to f32 by bit manipulation only: a float -> double
- * conversion instruction would obey DAZ (on in every thread) and flush
- * subnormal inputs to zero, so conversions would not be exact. */
-static float load_float(const void *p, ap_dtype dt, int64_t i) {
-    switch (dt) {
-    case AP_BF16: return ap_bf16_to_f32(((const uint16_t *)p)[i]);
-    case AP_F16: return ap_f16_to_f32(((const uint16_t *)p)[i]);
-    default: return ((const float *)p)[i];
-    }
-}
-
+/* Float pairs go to the one set of conversion kernels (backend/cpu/convert.c),
+ * in blocks of 16384 elements shared among the threads when the run is long
+ * enough to pay for a parallel region. */
 ap_status ap_convert(void *dst, ap_dtype dd, const void *src, ap_dtype sd, int64_t n) {
     if ((unsigned)dd >= AP_DTYPE_COUNT_ || (unsigned)sd >= AP_DTYPE_COUNT_) return AP_ERR_DTYPE;
     bool dfloat = dd <= AP_F16, sfloat = sd <= AP_F16;
@@ -283,16 +277,28 @@ ap_status ap_convert(void *dst, ap_dtype dd, const void *src, ap_dtype sd, int64
         memcpy(dst, src, (size_t)n * ap_dtype_size(dd));
         return AP_OK;
     }
-#pragma omp parallel for schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; i++) {
-        switch (dd) {
-        case AP_F32: ((float *)dst)[i] = load_float(src, sd, i); break;
-        case AP_BF16: ((uint16_t *)dst)[i] = ap_f32_to_bf16(load_float(src, sd, i)); break;
-        case AP_F16: ((uint16_t *)dst)[i] = ap_f32_to_f16(load_float(src, sd, i)); break;
-        case AP_I32: ((int32_t *)dst)[i] = (int32_t)((const int64_t *)src)[i]; break;
-        case AP_I64: ((int64_t *)dst)[i] = ((const int32_t *)src)[i]; break;
-        default: break;
+    if (dfloat && n <= AP_CONVERT_SERIAL_MAX) { /* even a parallel region that is off costs ~1 us */
+        ap_cpu_convert(dst, dd, src, sd, n);
+        return AP_OK;
+    }
+    if (dfloat) {
+        const int64_t blk = 16384;
+        size_t ds = ap_dtype_size(dd), ss = ap_dtype_size(sd);
+        int64_t nb = (n + blk - 1) / blk;
+#pragma omp parallel for schedule(static) if (n > AP_CONVERT_SERIAL_MAX)
+        for (int64_t b = 0; b < nb; b++) {
+            int64_t i = b * blk;
+            ap_cpu_convert((char *)dst + (size_t)i * ds, dd, (const char *)src + (size_t)i * ss, sd,
+                           n - i < blk ? n - i : blk);
         }
+        return AP_OK;
+    }
+#pragma omp parallel for schedule(static) if (n > AP_CONVERT_SERIAL_MAX)
+    for (int64_t i = 0; i < n; i++) {
+        if (dd == AP_I32)
+            ((int32_t *)dst)[i] = (int32_t)((const int64_t *)src)[i];
+        else
+            ((int64_t *)dst)[i] = ((const int32_t *)src)[i];
     }
     return AP_OK;
 }

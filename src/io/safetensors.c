@@ -37,7 +37,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <immintrin.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <math.h>
@@ -702,66 +701,6 @@ static void load_int(const void *p, st_dtype sd, int64_t i, int *neg, uint64_t *
 
 static ap_dtype float_ap(st_dtype sd) { return sd == ST_F32 ? AP_F32 : sd == ST_BF16 ? AP_BF16 : AP_F16; }
 
-/* Bulk conversions between f32, bf16 and f16 at memory speed (ap_convert
- * goes element by element through f32, 4-7x slower, and model loading is
- * mostly these). F16C, part of the x86-64-v3 baseline, converts f16 exactly
- * in both directions (subnormals included: it ignores FTZ and DAZ, checked by
- * the tests); bf16 is integer arithmetic. 8 elements a step, scalar tails. */
-static inline __m256i bf16_round8(__m256i u) { /* f32 bits -> bf16 in the low halves, nearest even */
-    __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), 16);
-    __m256i nan =
-        _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
-    __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-    return _mm256_blendv_epi8(r, quiet, nan);
-}
-static inline void store_bf16x8(uint16_t *d, __m256i r) {
-    _mm_storeu_si128((__m128i *)d,
-                     _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
-}
-static inline __m256i load_bf16x8_as_f32(const uint16_t *s) {
-    return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)s)), 16);
-}
-static inline uint16_t f16_from_f32(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
-
-static void convert_floats(void *dst, ap_dtype dt, const void *src, ap_dtype sd, int64_t n) {
-    int64_t i = 0, n8 = n & ~(int64_t)7;
-    const float *sf = src;
-    const uint16_t *sh = src;
-    float *df = dst;
-    uint16_t *dh = dst;
-    if (sd == AP_F16 && dt == AP_F32) {
-        for (; i < n8; i += 8)
-            _mm256_storeu_ps(df + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sh + i))));
-        for (; i < n; i++) df[i] = _cvtsh_ss(sh[i]);
-    } else if (sd == AP_F32 && dt == AP_F16) {
-        for (; i < n8; i += 8)
-            _mm_storeu_si128((__m128i *)(dh + i),
-                             _mm256_cvtps_ph(_mm256_loadu_ps(sf + i), _MM_FROUND_TO_NEAREST_INT));
-        for (; i < n; i++) dh[i] = f16_from_f32(sf[i]);
-    } else if (sd == AP_BF16 && dt == AP_F32) {
-        for (; i < n8; i += 8) _mm256_storeu_si256((__m256i *)(df + i), load_bf16x8_as_f32(sh + i));
-        for (; i < n; i++) df[i] = ap_bf16_to_f32(sh[i]);
-    } else if (sd == AP_F32 && dt == AP_BF16) {
-        for (; i < n8; i += 8)
-            store_bf16x8(dh + i, bf16_round8(_mm256_loadu_si256((const __m256i *)(sf + i))));
-        for (; i < n; i++) dh[i] = ap_f32_to_bf16(sf[i]);
-    } else if (sd == AP_F16 && dt == AP_BF16) {
-        for (; i < n8; i += 8)
-            store_bf16x8(dh + i, bf16_round8(_mm256_castps_si256(
-                                     _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sh + i))))));
-        for (; i < n; i++) dh[i] = ap_f32_to_bf16(_cvtsh_ss(sh[i]));
-    } else if (sd == AP_BF16 && dt == AP_F16) {
-        for (; i < n8; i += 8)
-            _mm_storeu_si128(
-                (__m128i *)(dh + i),
-                _mm256_cvtps_ph(_mm256_castsi256_ps(load_bf16x8_as_f32(sh + i)), _MM_FROUND_TO_NEAREST_INT));
-        for (; i < n; i++) dh[i] = f16_from_f32(ap_bf16_to_f32(sh[i]));
-    } else {
-        ap_convert(dst, dt, src, sd, n); /* the same dtype */
-    }
-}
-
 /* Converts n elements of sd at src (any alignment) to dt at dst. Returns the
  * index of the first integer that does not fit dt, or -1. Works in chunks
  * through an aligned bounce buffer when src is misaligned (files whose header
@@ -770,6 +709,7 @@ static void convert_floats(void *dst, ap_dtype dt, const void *src, ap_dtype sd,
  * per tensor cost more than it saved whenever the machine was busy (a worker
  * waiting for a time slice stalls the whole region). */
 #define ST_CHUNK 4096
+_Static_assert(ST_CHUNK <= AP_CONVERT_SERIAL_MAX, "chunks convert on the calling thread");
 static int64_t convert(void *dst, ap_dtype dt, const unsigned char *src, st_dtype sd, int64_t n) {
     size_t es = (size_t)st_types[sd].bits / 8, ds = ap_dtype_size(dt);
     bool aligned = ((uintptr_t)src % es) == 0;
@@ -787,7 +727,7 @@ static int64_t convert(void *dst, ap_dtype dt, const unsigned char *src, st_dtyp
         if (sd == ap_to_st[dt].st) {
             memcpy(d, p, (size_t)cnt * es);
         } else if (dfloat && (sd == ST_F32 || sd == ST_BF16 || sd == ST_F16)) {
-            convert_floats(d, dt, p, float_ap(sd), cnt);
+            ap_convert(d, dt, p, float_ap(sd), cnt); /* cnt <= AP_CONVERT_SERIAL_MAX: this thread */
         } else if (dfloat && sd == ST_F64) {
             for (int64_t i = 0; i < cnt; i++) {
                 uint64_t u = ((const uint64_t *)p)[i];

@@ -5,7 +5,6 @@
 #include "io/pickle.h"
 
 #include <errno.h>
-#include <immintrin.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -473,54 +472,16 @@ static void gather(void *dst, const uint8_t *base, const ap_pk_tensor *t, size_t
     }
 }
 
-/* ------------------------------------------------------------ float conversion kernels
- * Loading SD weights means converting ~1e9 values (f32 -> bf16 for frozen
- * weights, f16 -> f32 / bf16 for half checkpoints), so these run at memory
- * speed: AVX2 + F16C (the x86-64-v3 baseline), one thread: a copy is
- * memory-bound and one thread moves 5-10 GB/s here, while a parallel region
- * per tensor ran 2-4x slower whenever the shared machine was busy (one late
- * worker stalls the region; bench/torchio.c, docs/torchfile.md). Results are
- * bit-identical to the core's scalar ap_f32_to_bf16 / ap_f16_to_f32 /
- * ap_f32_to_f16 (round to nearest even): a block holding a NaN, where the
- * hardware keeps payload bits the scalar code drops, goes through the scalar
- * code. Sources may be unaligned (zip data offsets need not be). */
-static inline float ld_f32(const uint8_t *p) { float f; memcpy(&f, p, 4); return f; }
-static inline uint16_t ld_u16(const uint8_t *p) { uint16_t h; memcpy(&h, p, 2); return h; }
-
-static inline __m256 f16x8_to_f32(const uint8_t *p, bool *nan) {
-    __m128i h = _mm_loadu_si128((const __m128i *)p);
-    __m128i isnan = _mm_cmpgt_epi16(_mm_and_si128(h, _mm_set1_epi16(0x7fff)), _mm_set1_epi16(0x7c00));
-    *nan |= _mm_movemask_epi8(isnan) != 0;
-    return _mm256_cvtph_ps(h);
-}
-
-static inline __m256i bf16x8_to_f32(const uint8_t *p) {
-    return _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
-}
-
-/* 8 f32 (as bits) -> 8 bf16 in the low 16 bits of each lane */
-static inline __m256i f32x8_to_bf16(__m256i u) {
-    __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
-    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd)), 16);
-    __m256i q = _mm256_or_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(0x40));
-    return _mm256_blendv_epi8(r, q, nan);
-}
-
-static inline void store_bf16x16(uint16_t *d, __m256i lo, __m256i hi) {
-    _mm256_storeu_si256((__m256i *)d, _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xd8));
-}
-
-static inline bool has_nan_f32(__m256 x) { return _mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q)) != 0; }
-
-static float scalar_in(const uint8_t *s, ap_pk_dtype sd, int64_t i) {
-    switch (sd) {
-    case AP_PK_F32: return ld_f32(s + 4 * i);
-    case AP_PK_F16: return ap_f16_to_f32(ld_u16(s + 2 * i));
-    case AP_PK_BF16: return ap_bf16_to_f32(ld_u16(s + 2 * i));
-    default: { double d; memcpy(&d, s + 8 * i, 8); return (float)d; }
-    }
-}
+/* ------------------------------------------------------------ float conversion
+ * Float storages convert through ap_convert (exact, at memory speed), in
+ * chunks short enough to stay on this thread: loading a checkpoint converts
+ * tensor by tensor, and an OpenMP region per tensor ran 2-4x slower whenever
+ * the shared machine was busy (one late worker stalls the region;
+ * bench/torchio.c, docs/torchfile.md). f64 storages (rare: torch.double)
+ * round through f32 here. Sources may be unaligned (zip data offsets need not
+ * be); ap_convert accepts that. */
+#define PT_CHUNK 65536
+_Static_assert(PT_CHUNK <= AP_CONVERT_SERIAL_MAX, "chunks convert on the calling thread");
 
 static void scalar_out(void *d, ap_dtype dt, int64_t i, float f) {
     if (dt == AP_F32) ((float *)d)[i] = f;
@@ -528,52 +489,22 @@ static void scalar_out(void *d, ap_dtype dt, int64_t i, float f) {
     else ((uint16_t *)d)[i] = ap_f32_to_f16(f);
 }
 
-/* One block: elements [0, n) of s (stored sd) into d (dt); sd != dt. */
-static void convert_block(void *d, ap_dtype dt, const uint8_t *s, ap_pk_dtype sd, int64_t n) {
-    int64_t i = 0;
-    if (sd != AP_PK_F64) {
-        size_t el = sd == AP_PK_F32 ? 4 : 2;
-        for (; i + 16 <= n; i += 16) {
-            const uint8_t *p = s + (size_t)i * el;
-            bool nan = false;
-            __m256 a, b;
-            if (sd == AP_PK_F32) {
-                a = _mm256_loadu_ps((const float *)p);
-                b = _mm256_loadu_ps((const float *)p + 8);
-                if (dt == AP_F16) nan = has_nan_f32(a) || has_nan_f32(b);
-            } else if (sd == AP_PK_F16) {
-                a = f16x8_to_f32(p, &nan);
-                b = f16x8_to_f32(p + 16, &nan);
-            } else {
-                a = _mm256_castsi256_ps(bf16x8_to_f32(p));
-                b = _mm256_castsi256_ps(bf16x8_to_f32(p + 16));
-                if (dt == AP_F16) nan = has_nan_f32(a) || has_nan_f32(b);
-            }
-            if (nan) {
-                for (int k = 0; k < 16; k++) scalar_out(d, dt, i + k, scalar_in(s, sd, i + k));
-            } else if (dt == AP_F32) {
-                _mm256_storeu_ps((float *)d + i, a);
-                _mm256_storeu_ps((float *)d + i + 8, b);
-            } else if (dt == AP_BF16) {
-                store_bf16x16((uint16_t *)d + i, f32x8_to_bf16(_mm256_castps_si256(a)),
-                              f32x8_to_bf16(_mm256_castps_si256(b)));
-            } else {
-                _mm_storeu_si128((__m128i *)((uint16_t *)d + i), _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT));
-                _mm_storeu_si128((__m128i *)((uint16_t *)d + i + 8), _mm256_cvtps_ph(b, _MM_FROUND_TO_NEAREST_INT));
-            }
-        }
-    }
-    for (; i < n; i++) scalar_out(d, dt, i, scalar_in(s, sd, i));
-}
-
 static ap_dtype float_ap(ap_pk_dtype d) { return d == AP_PK_F32 ? AP_F32 : d == AP_PK_F16 ? AP_F16 : AP_BF16; }
 
 /* n contiguous floating elements of src (stored sd) into dst (dt). */
 static void convert_floats(void *dst, ap_dtype dt, const uint8_t *src, ap_pk_dtype sd, int64_t n) {
-    if (sd != AP_PK_F64 && float_ap(sd) == dt)
-        memcpy(dst, src, (size_t)n * ap_pk_dtype_size(sd));
-    else
-        convert_block(dst, dt, src, sd, n);
+    if (sd == AP_PK_F64) {
+        for (int64_t i = 0; i < n; i++) {
+            double v;
+            memcpy(&v, src + 8 * (size_t)i, 8);
+            scalar_out(dst, dt, i, (float)v);
+        }
+        return;
+    }
+    size_t ss = ap_pk_dtype_size(sd), ds = ap_dtype_size(dt);
+    for (int64_t i = 0; i < n; i += PT_CHUNK)
+        ap_convert((char *)dst + (size_t)i * ds, dt, src + (size_t)i * ss, float_ap(sd),
+                   n - i < PT_CHUNK ? n - i : PT_CHUNK);
 }
 
 /* Converts n contiguous elements of src (stored dtype of t) into dst (dt);

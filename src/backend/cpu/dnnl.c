@@ -19,7 +19,6 @@
 
 #include <dnnl.h>
 #include <dnnl_debug.h>
-#include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -295,40 +294,6 @@ static dnnl_status_t reorder_once(dnnl_state *d, const dnnl_memory_desc_t *smd, 
     return s;
 }
 
-/* ------------------------------------------------------------ conversions */
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) static void
-f32_to_bf16_avx512(uint16_t *dst, const float *src, int64_t n) {
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        __m512bh r = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
-        _mm512_storeu_si512((void *)(dst + i), (__m512i)r);
-    }
-    for (; i < n; i += 16) {
-        __mmask16 k = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
-        __m256bh r = _mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(k, src + i));
-        _mm256_mask_storeu_epi16((void *)(dst + i), k, (__m256i)r);
-    }
-}
-
-static void f32_to_bf16_scalar(uint16_t *dst, const float *src, int64_t n) {
-    for (int64_t i = 0; i < n; i++) dst[i] = ap_f32_to_bf16(src[i]);
-}
-
-void ap_cpu_f32_to_bf16(uint16_t *dst, const float *src, int64_t n) {
-    static void (*kern)(uint16_t *, const float *, int64_t);
-    if (!kern) {
-        __builtin_cpu_init();
-        kern = __builtin_cpu_supports("avx512bf16") ? f32_to_bf16_avx512 : f32_to_bf16_scalar;
-    }
-    const int64_t blk = 16384; /* a multiple of 32, so only the last block has a tail */
-    int64_t nb = (n + blk - 1) / blk;
-#pragma omp parallel for schedule(static) if (nb > 4)
-    for (int64_t b = 0; b < nb; b++) {
-        int64_t i = b * blk;
-        kern(dst + i, src + i, n - i < blk ? n - i : blk);
-    }
-}
-
 /* A temporary from the arena holding n elements of src converted to dt
  * (f32 or bf16), or src itself when it is already dt. */
 typedef struct {
@@ -347,10 +312,7 @@ static const void *as_dtype(ap_ctx *c, const void *src, ap_dtype sdt, ap_dtype d
                   ap_dtype_name(dt));
         return NULL;
     }
-    if (sdt == AP_F32 && dt == AP_BF16)
-        ap_cpu_f32_to_bf16(t->p, src, n);
-    else
-        ap_convert(t->p, dt, src, sdt, n);
+    ap_convert(t->p, dt, src, sdt, n);
     return t->p;
 }
 

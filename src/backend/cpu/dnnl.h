@@ -17,6 +17,7 @@
 #ifndef AP_BACKEND_CPU_DNNL_H
 #define AP_BACKEND_CPU_DNNL_H
 
+#include "backend/cpu/convert.h" /* ap_cpu_f32_to_bf16 */
 #include "core/internal.h"
 
 /* Geometry of one 2-D convolution; x [n,h,w,cin] NHWC, w [cout,cin,kh,kw],
@@ -78,9 +79,6 @@ bool ap_dnnl_use_bf16(const ap_ctx *c);
  * any thread count). */
 void ap_cpu_sum_rows(float *dst /* [cols] */, const float *src /* [rows,cols] */, int64_t rows, int64_t cols,
                      float beta);
-
-/* f32 -> bf16, round to nearest even (AVX512-BF16 when the CPU has it). */
-void ap_cpu_f32_to_bf16(uint16_t *dst, const float *src, int64_t n);
 
 /* Counters, for tests and benchmarks: primitives executed by kind, primitive
  * cache hits and misses, weight packings. */
