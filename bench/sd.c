@@ -8,6 +8,7 @@
  *
  *   build/bench/sd [--runs N] [--full] [--precision f32|bf16] [--json FILE]
  */
+#include "bench.h"
 #include "peaks.h"
 
 #include "models/sd.h"
@@ -16,16 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int cmp_d(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *t, int n) {
-    qsort(t, (size_t)n, sizeof *t, cmp_d);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 static ap_tensor *rnd(ap_ctx *c, int ndim, const int64_t *shape, unsigned seed) {
     ap_tensor *t = ap_tensor_new(c, AP_F32, ndim, shape);
@@ -67,11 +58,11 @@ int main(int argc, char **argv) {
 
     ap_sd_config cfg;
     ap_sd_model *m = NULL;
-    double t0 = peaks_now();
+    double t0 = bench_now();
     if (ap_sd_preset(c, "sd15", &cfg) != AP_OK || ap_sd_create(c, &cfg, AP_BF16, &m) != AP_OK ||
         ap_sd_init_random(c, m, 1) != AP_OK)
         die(c, "model");
-    printf("model made in %.1f s: unet %lld, vae %lld, text %lld parameters\n\n", peaks_now() - t0,
+    printf("model made in %.1f s: unet %lld, vae %lld, text %lld parameters\n\n", bench_now() - t0,
            (long long)ap_params_count(&m->unet->params), (long long)ap_params_count(&m->vae->params),
            (long long)ap_params_count(&m->text->params));
     ap_set_grad_enabled(c, 0);
@@ -92,9 +83,9 @@ int main(int argc, char **argv) {
             ap_mem_reset_peak(c);
             size_t base = ap_mem_in_use(c);
             ap_flops_reset(c);
-            double a = peaks_now();
+            double a = bench_now();
             ap_tensor *e = ap_unet_forward(c, m->unet, x, t, ctx);
-            double b = peaks_now();
+            double b = bench_now();
             if (!e) die(c, "unet");
             ap_tensor_release(e);
             fl_u = ap_flops(c);
@@ -102,22 +93,22 @@ int main(int argc, char **argv) {
             ap_mem_reset_peak(c);
             base = ap_mem_in_use(c);
             ap_flops_reset(c);
-            double d0 = peaks_now();
+            double d0 = bench_now();
             ap_tensor *img = ap_vae_decode(c, m->vae, z);
-            double d1 = peaks_now();
+            double d1 = bench_now();
             if (!img) die(c, "vae");
             ap_tensor_release(img);
             fl_v = ap_flops(c);
             mem_v = ap_mem_peak(c) - base;
-            double e0 = peaks_now();
+            double e0 = bench_now();
             const char *prompts[2] = {"", "an astronaut riding a horse on the moon"};
             ap_tensor *emb = ap_encode_prompts(c, m, 2, prompts);
-            double e1 = peaks_now();
+            double e1 = bench_now();
             if (!emb) die(c, "text");
             ap_tensor_release(emb);
             if (r >= 0) tu[r] = b - a, tv[r] = d1 - d0, tt[r] = e1 - e0;
         }
-        double mu = median(tu, runs), mv = median(tv, runs), mt = median(tt, runs);
+        double mu = bench_median(tu, runs), mv = bench_median(tv, runs), mt = bench_median(tt, runs);
         double peak = p ? pbf : pf;
         printf("%-5s UNet call, CFG batch 2 @64x64: %8.3f s  %6.3f TFLOP/s effective (%4.1f%% of peak)  peak memory %.0f MiB\n",
                pn, mu, fl_u / mu / 1e12, 100.0 * fl_u / mu / 1e9 / peak, mem_u / 1048576.0);
@@ -138,9 +129,9 @@ int main(int argc, char **argv) {
             o.prompt = "an astronaut riding a horse on the moon";
             ap_tensor *img = NULL;
             ap_mem_reset_peak(c);
-            double a = peaks_now();
+            double a = bench_now();
             if (ap_txt2img(c, m, &o, &img) != AP_OK) die(c, "sample");
-            double b = peaks_now();
+            double b = bench_now();
             ap_tensor_release(img);
             printf("%-5s 512x512 DDIM-50 sample, measured: %.1f s, peak activation memory %.0f MiB\n", pn, b - a,
                    ap_mem_peak(c) / 1048576.0);
