@@ -318,10 +318,32 @@ static void test_checkpoint_resblocks(ap_ctx *c) {
     ap_tensor_release(gy);
 }
 
+/* Seeds are borrowed, not copied: a later contribution to the same output
+ * must not write into the caller's seed tensor. */
+static void test_seed_not_modified(ap_ctx *c) {
+    test_rng r = {9};
+    ap_tensor *x = test_rand_leaf(c, &r, 1, (int64_t[]){6}, -1, 1);
+    ap_tensor *y = ap_scale(c, x, 2.0f);
+    ap_tensor *z = ap_scale(c, y, 3.0f); /* its backward adds into y's gradient */
+    ap_tensor *gy = test_rand(c, &r, 1, (int64_t[]){6}, -1, 1), *gz = test_rand(c, &r, 1, (int64_t[]){6}, -1, 1);
+    float keep[6];
+    memcpy(keep, ap_tensor_cdata(gy), sizeof keep);
+    ap_tensor *ys[2] = {y, z}, *gs[2] = {gy, gz};
+    CHECK(ap_backward_multi(c, 2, ys, gs) == AP_OK);
+    CHECK_MSG(memcmp(keep, ap_tensor_cdata(gy), sizeof keep) == 0, "the caller's seed is unchanged");
+    double want[6];
+    for (int i = 0; i < 6; i++)
+        want[i] = 2.0 * ((double)keep[i] + 3.0 * ((const float *)ap_tensor_cdata(gz))[i]);
+    test_close("d/dx of (2x, 6x) seeded (gy, gz)", ap_tensor_cdata(ap_tensor_grad(x)), want, 6, 1e-6, 1e-7);
+    ap_tensor *ts[] = {x, y, z, gy, gz};
+    for (int i = 0; i < 5; i++) ap_tensor_release(ts[i]);
+}
+
 int main(void) {
     ap_ctx *c = test_ctx();
     test_basic(c);
     test_alias(c);
+    test_seed_not_modified(c);
     test_checkpoint(c);
     test_checkpoint_resblocks(c);
     CHECK(ap_mem_in_use(c) == 0);

@@ -184,13 +184,22 @@ static bool same_edge(const ap_edge *a, const ap_edge *b) {
     return (a->node || a->leaf) && a->node == b->node && a->out == b->out && a->leaf == b->leaf;
 }
 
-/* The accumulator an edge points at, allocated on first use. */
+/* The accumulator an edge points at, allocated on first use. A borrowed seed
+ * (a view of the caller's gradient) is copied before anything is added to it. */
 static ap_tensor *edge_acc(ap_ctx *c, const ap_edge *e, int ndim, const int64_t *shape, float *beta) {
     ap_tensor **slot;
     bool *fresh;
     if (e->node) {
         slot = &e->node->out_grad[e->out];
         fresh = &e->node->out_grad_fresh[e->out];
+        if (*slot && e->node->out_grad_borrowed[e->out]) {
+            ap_tensor *own = ap_tensor_new_shape(c, AP_F32, ndim, shape);
+            if (!own) return NULL;
+            memcpy(ap_data(own), ap_data(*slot), (size_t)own->numel * sizeof(float));
+            ap_tensor_release(*slot);
+            *slot = own;
+            e->node->out_grad_borrowed[e->out] = false;
+        }
     } else {
         slot = &e->leaf->grad;
         fresh = &e->leaf->grad_fresh;
@@ -252,6 +261,17 @@ static ap_status seed(ap_ctx *c, ap_tensor *y, const ap_tensor *g) {
         return ap_seterr(c, AP_ERR_INVALID_ARG,
                          "backward: output has %lld elements; give a seed gradient",
                          (long long)y->numel);
+    if (g && e.node && !e.node->out_grad[e.out]) {
+        /* the first seed of an op output: borrow the caller's gradient (a view
+         * with the output's shape) instead of copying it; edge_acc copies it
+         * if anything is ever added to it */
+        ap_tensor *v = ap_tensor_view(c, (ap_tensor *)g, y->ndim, y->shape);
+        if (!v) return c->status;
+        e.node->out_grad[e.out] = v;
+        e.node->out_grad_fresh[e.out] = false;
+        e.node->out_grad_borrowed[e.out] = true;
+        return AP_OK;
+    }
     float beta;
     ap_tensor *acc = edge_acc(c, &e, y->ndim, y->shape, &beta);
     if (!acc) return c->status;

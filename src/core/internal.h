@@ -110,6 +110,7 @@ struct ap_node {
     int64_t out_shape[AP_NODE_MAX_OUT][AP_MAX_DIMS];
     ap_tensor *out_grad[AP_NODE_MAX_OUT];     /* accumulated during backward */
     bool out_grad_fresh[AP_NODE_MAX_OUT];
+    bool out_grad_borrowed[AP_NODE_MAX_OUT]; /* a view of a caller's seed: copy before adding to it */
     ap_tensor *saved[AP_NODE_MAX_SAVED];      /* retained tensors the backward needs */
     int64_t i[8];                             /* scalar attributes */
     float f[8];
