@@ -80,8 +80,11 @@ int ap_cpu_has_bf16(void);
 ap_status ap_set_num_threads(ap_ctx *c, int n);
 int ap_get_num_threads(const ap_ctx *c);
 
-/* Activation memory: bytes in live tensors now, the peak since the last reset,
- * and bytes reserved from the system (live plus cached for reuse). */
+/* Tensor memory (every tensor of the context: weights, activations, gradients,
+ * oneDNN scratch): bytes in live tensors now, the peak since the last reset,
+ * and bytes reserved from the system (live plus cached for reuse). The
+ * activation peak of a computation is ap_mem_peak() - ap_mem_in_use() taken
+ * before it, after ap_mem_reset_peak(). Packed weight copies live outside. */
 size_t ap_mem_in_use(const ap_ctx *c);
 size_t ap_mem_peak(const ap_ctx *c);
 size_t ap_mem_reserved(const ap_ctx *c);

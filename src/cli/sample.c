@@ -155,6 +155,8 @@ int ap_cli_sample(int argc, char **argv) {
                 li.unused_keys ? " (some LoRA keys matched no module)" : "");
     }
     double t1 = ap_now();
+    size_t weights = ap_mem_in_use(c); /* the model's tensors; what sampling adds is activations */
+    ap_mem_reset_peak(c);
     prog_state ps;
     ap_progress_begin(&ps.bar, "sampling");
     o.progress = on_progress;
@@ -191,9 +193,10 @@ int ap_cli_sample(int argc, char **argv) {
     if (st != AP_OK) {
         fprintf(stderr, "alignprop sample: %s\n", ap_last_error(c));
     } else {
-        printf("wrote %s: %d image%s %dx%d, %d %s steps, load %.1fs, sampling %.1fs, peak activation memory %.1f MiB\n",
+        printf("wrote %s: %d image%s %dx%d, %d %s steps, load %.1fs, sampling %.1fs, memory: weights %.0f MiB, "
+               "peak activations %.1f MiB\n",
                out, o.batch, o.batch > 1 ? "s" : "", o.width, o.height, o.steps, ap_sampler_name(o.sampler), t1 - t0,
-               t2 - t1, ap_mem_peak(c) / 1048576.0);
+               t2 - t1, weights / 1048576.0, (ap_mem_peak(c) - weights) / 1048576.0);
     }
     ap_tensor_release(img);
     ap_sd_free(m);
