@@ -28,7 +28,7 @@ bench: configure
 	cmake --build $(BUILD) -j $(JOBS) --target bench
 
 demo: all
-	@echo "alignprop demo: the shipped demo model does not exist yet; running the engine self-check instead."
+	@echo "alignprop demo: the shipped demo model does not exist yet; running a tiny model made on the spot through the whole pipeline."
 	$(BUILD)/alignprop demo
 
 install: all

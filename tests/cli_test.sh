@@ -114,5 +114,12 @@ out=$($bin inspect "$tmp/empty" 2>&1); rc=$?
 check "inspect folder without model_index.json exits 1" 1 $rc
 contains "inspect folder without model_index.json" "model_index.json" "$out"
 
+# the demo runs end to end and says what it is
+out=$($bin demo -o "$tmp/demo" 2>&1); rc=$?
+check "demo exits 0" 0 $rc
+contains "demo says no demo model is shipped" "do not exist yet" "$out"
+contains "demo says where its image is" "wrote $tmp/demo/samples.png" "$out"
+[ -s "$tmp/demo/samples.png" ] || { echo "FAIL demo wrote no samples.png"; fail=1; }
+
 [ $fail -eq 0 ] && echo "cli: all passed" || echo "cli: failures"
 exit $fail

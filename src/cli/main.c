@@ -10,7 +10,7 @@ static int usage(FILE *f) {
             "\n"
             "commands:\n"
             "  version     print the version\n"
-            "  demo        run the engine self-check (the demo model is not shipped yet)\n"
+            "  demo        a tiny model made on the spot, through the whole pipeline (no demo model is shipped yet)\n"
             "  tokenize    print the CLIP token ids of a prompt\n"
             "  sample      generate images from a prompt\n"
             "  init        write a model with random weights (tiny, small or sd15)\n"
