@@ -201,6 +201,11 @@ ap_tensor *ap_sum(ap_ctx *c, ap_tensor *x);     /* all elements -> [1] */
 ap_tensor *ap_mean(ap_ctx *c, ap_tensor *x);    /* all elements -> [1] */
 ap_tensor *ap_concat_channels(ap_ctx *c, ap_tensor *a, ap_tensor *b); /* on the last dim */
 ap_tensor *ap_upsample_nearest2x(ap_ctx *c, ap_tensor *x);           /* [N,H,W,C] -> [N,2H,2W,C] */
+/* Batch (first dim) concatenation [Na,...] + [Nb,...] -> [Na+Nb,...], and the
+ * slice x[start : start+count] of the first dim (what classifier-free guidance
+ * needs to run cond and uncond through one call with gradients). */
+ap_tensor *ap_concat_batch(ap_ctx *c, ap_tensor *a, ap_tensor *b);
+ap_tensor *ap_slice_batch(ap_ctx *c, ap_tensor *x, int64_t start, int64_t count);
 
 /* Normalisation. x is [N, ..., C]: statistics per sample over all but the batch
  * dim for group norm (channels split into G contiguous groups), over the last
