@@ -166,12 +166,18 @@ size_t ap_tape_size(const ap_ctx *c);
 /* The checkpoint primitive. fn computes n_out outputs from n_in inputs (it may
  * also use parameters it reaches through user). ap_checkpoint runs fn without
  * recording, keeps only the inputs, and during backward runs fn again on a
- * nested tape and backpropagates through it. fn must be deterministic and
- * user must stay valid until backward. fn returns AP_OK or an error status. */
+ * nested tape and backpropagates through it. fn must be deterministic, user
+ * must stay valid until backward, and the inputs are kept by reference: do not
+ * write into them afterwards. fn returns AP_OK or an error status. */
 typedef ap_status (*ap_checkpoint_fn)(ap_ctx *c, void *user, int n_in, ap_tensor *const *in,
                                       int n_out, ap_tensor **out);
 ap_status ap_checkpoint(ap_ctx *c, ap_checkpoint_fn fn, void *user, int n_in,
                         ap_tensor *const *in, int n_out, ap_tensor **out);
+/* As ap_checkpoint, but the recorded node keeps its own copy of user_size bytes
+ * at user (a small struct of pointers and settings), so user may be a local
+ * variable of the caller. */
+ap_status ap_checkpoint_copy(ap_ctx *c, ap_checkpoint_fn fn, const void *user, size_t user_size, int n_in,
+                             ap_tensor *const *in, int n_out, ap_tensor **out);
 
 /* ---------------------------------------------------------------- ops
  * Each returns a new tensor (NULL on error, with the reason in the context).

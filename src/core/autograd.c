@@ -318,7 +318,9 @@ ap_status ap_backward(ap_ctx *c, ap_tensor *y, const ap_tensor *grad_y) {
 /* ------------------------------------------------------------ checkpoint */
 typedef struct {
     ap_checkpoint_fn fn;
-    void *user;
+    void *user;        /* the caller's pointer, or copy below */
+    size_t copy_size;  /* > 0: the node owns a copy of the caller's user bytes */
+    _Alignas(16) unsigned char copy[];
 } ckpt_user;
 
 static void ckpt_cleanup(ap_node *n) { free(n->user); }
@@ -391,6 +393,11 @@ static void ckpt_backward(ap_ctx *c, ap_node *n) {
 
 ap_status ap_checkpoint(ap_ctx *c, ap_checkpoint_fn fn, void *user, int n_in,
                         ap_tensor *const *in, int n_out, ap_tensor **out) {
+    return ap_checkpoint_copy(c, fn, user, 0, n_in, in, n_out, out);
+}
+
+ap_status ap_checkpoint_copy(ap_ctx *c, ap_checkpoint_fn fn, const void *user, size_t user_size, int n_in,
+                             ap_tensor *const *in, int n_out, ap_tensor **out) {
     if (!c) return AP_ERR_INVALID_ARG;
     for (int k = 0; k < n_out && out; k++) out[k] = NULL;
     if (ap_failed(c)) return c->status;
@@ -398,12 +405,12 @@ ap_status ap_checkpoint(ap_ctx *c, ap_checkpoint_fn fn, void *user, int n_in,
         return ap_seterr(c, AP_ERR_INVALID_ARG,
                          "checkpoint: need a function, 0..%d inputs and 1..%d outputs",
                          AP_NODE_MAX_IN, AP_NODE_MAX_OUT);
-    ckpt_user cu = {fn, user};
+    ckpt_user cu = {fn, (void *)user, 0};
     if (!c->grad_enabled || c->in_checkpoint_forward) {
         /* nothing to record (or an enclosing checkpoint records): run plainly,
          * but still report trainable inputs to an enclosing checkpoint */
         if (c->in_checkpoint_forward && ap_any_requires_grad(c, n_in, in)) c->saw_requires_grad = true;
-        ap_status st = fn(c, user, n_in, in, n_out, out);
+        ap_status st = fn(c, (void *)user, n_in, in, n_out, out);
         if (st != AP_OK && !ap_failed(c)) ap_seterr(c, st, "checkpoint: function failed (%s)", ap_strerror(st));
         return c->status;
     }
@@ -454,9 +461,14 @@ ap_status ap_checkpoint(ap_ctx *c, ap_checkpoint_fn fn, void *user, int n_in,
         }
         return c->status;
     }
-    ckpt_user *u = malloc(sizeof *u);
+    ckpt_user *u = malloc(sizeof *u + user_size);
     if (!u) return ap_seterr(c, AP_ERR_NOMEM, "checkpoint: out of memory");
     *u = cu;
+    if (user_size > 0) { /* the recomputation gets the node's own copy */
+        memcpy(u->copy, user, user_size);
+        u->user = u->copy;
+        u->copy_size = user_size;
+    }
     n->user = u;
     n->cleanup = ckpt_cleanup;
     for (int i = 0; i < n_in; i++) ap_node_save(n, i, in[i]);

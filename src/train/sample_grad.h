@@ -1,0 +1,33 @@
+/* Sampling with gradient: the DDIM chain of AlignProp, with classifier-free
+ * guidance (cond and uncond through one UNet call), every UNet call whose
+ * gradient the truncation policy keeps run under the checkpoint primitive,
+ * the others without recording, and the VAE decoder checkpointed. The result
+ * is an image whose gradient reaches the LoRA weights (and anything else that
+ * requires one) through the kept steps. */
+#ifndef AP_TRAIN_SAMPLE_GRAD_H
+#define AP_TRAIN_SAMPLE_GRAD_H
+
+#include "diffusion/sampler.h"
+#include "models/sd.h"
+#include "train/truncation.h"
+
+typedef struct {
+    int steps;               /* 50 */
+    float cfg;               /* 7.5 (<= 1: no uncond pass) */
+    float eta;               /* DDIM eta (0; > 0 adds noise drawn from noise_rng as a constant) */
+    ap_trunc_policy trunc;   /* fixed:1 by default */
+    bool checkpoint;         /* run kept UNet calls and the decoder under ap_checkpoint (true) */
+} ap_grad_sample_opts;
+
+void ap_grad_sample_defaults(ap_grad_sample_opts *o);
+
+/* ctx: text embeddings [2B,S,W] (uncond first) when cfg > 1, else [B,S,W];
+ * x_T: initial latents [B,h,w,C] (no gradient). trunc_rng draws the truncation
+ * plan; noise_rng the DDIM noise when eta > 0 (may be NULL otherwise). Returns
+ * the final latents and the decoded image [B,H,W,3] in [-1,1], both recorded
+ * on the tape. keep_out (optional, steps entries) receives the plan. */
+ap_status ap_sample_with_grad(ap_ctx *c, ap_sd_model *m, const ap_grad_sample_opts *o, ap_tensor *ctx, ap_tensor *x_T,
+                              ap_rng *trunc_rng, ap_rng *noise_rng, ap_tensor **latents, ap_tensor **image,
+                              bool *keep_out);
+
+#endif
