@@ -2,6 +2,8 @@
 #include "alignprop.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 static int usage(FILE *f) {
@@ -26,7 +28,20 @@ int ap_cli_init(int argc, char **argv);
 int ap_cli_sample(int argc, char **argv);
 int ap_cli_inspect(int argc, char **argv);
 
+/* OpenMP's default wait policy spins at every barrier. On a shared machine
+ * whose other cores are busy, a spinning thread waits for one that is not
+ * scheduled, and small models ran 2-50x slower (docs/core.md). GNU OpenMP reads
+ * the policy when the process starts, so the tool sets it and starts itself
+ * again, once, unless the user chose a policy. */
+static void prefer_passive_wait(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("AP_KEEP_WAIT_POLICY")) return;
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    setenv("AP_KEEP_WAIT_POLICY", "1", 1);
+    execv("/proc/self/exe", argv); /* returns only on failure: then run as we are */
+}
+
 int main(int argc, char **argv) {
+    prefer_passive_wait(argv);
     if (argc < 2) return usage(stderr);
     const char *cmd = argv[1];
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) return usage(stdout);
