@@ -1,0 +1,88 @@
+/* Rewards: one interface for every reward model, weighted mixtures parsed from
+ * a spec string, a registry of reward names, and the losses that turn rewards
+ * into the scalar the trainer backpropagates. See docs/rewards.md.
+ *
+ * A reward maps images [N,H,W,3] (f32, NHWC, values in [-1,1]) and their N
+ * prompts to rewards [N]. It is built from differentiable core ops, so when the
+ * images carry a gradient the tape backpropagates the reward to them (and on to
+ * the model). Rewards hold no per-call state: forward may run many times. */
+#ifndef AP_REWARDS_REWARD_H
+#define AP_REWARDS_REWARD_H
+
+#include "alignprop.h"
+
+typedef struct ap_reward ap_reward;
+
+struct ap_reward {
+    const char *name; /* the registry name ("brightness") */
+    /* images [N,H,W,3] -> rewards [N] (a new reference), or NULL with the error
+     * in c. prompts: N strings, or NULL for rewards that ignore them. */
+    ap_tensor *(*forward)(ap_ctx *c, ap_reward *self, ap_tensor *images, const char *const *prompts);
+    void (*free)(ap_reward *self); /* frees user data and self; may be NULL (nothing owned) */
+    void *user;
+};
+
+/* Options a reward's constructor may use (reward models find their weights
+ * under models_dir). Zero-initialise; NULL means defaults. */
+typedef struct {
+    const char *models_dir;
+} ap_reward_opts;
+
+typedef ap_status (*ap_reward_create_fn)(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+
+/* ------------------------------------------------------------ registry
+ * Built-in rewards are listed in reward.c; ap_reward_register adds more at run
+ * time (a plug-in, a test). Registration is not thread-safe: do it at start-up. */
+ap_status ap_reward_register(ap_ctx *c, const char *name, ap_reward_create_fn create);
+/* Number of registered names and the i-th, in registration order. */
+int ap_reward_count(void);
+const char *ap_reward_name(int i);
+/* Creates the reward called name; unknown names are an error that lists the
+ * known ones. */
+ap_status ap_reward_create(ap_ctx *c, const char *name, const ap_reward_opts *opts, ap_reward **out);
+void ap_reward_free(ap_reward *r); /* accepts NULL */
+
+/* Checks images is f32 [N,H,W,3] with N, H, W >= 1; sets an error naming op
+ * otherwise. Rewards call it first. */
+int ap_reward_check_images(ap_ctx *c, const char *op, const ap_tensor *images);
+
+/* ------------------------------------------------------------ mixtures
+ * reward = sum_i w_i * r_i. Spec: comma-separated "NAME" (weight 1) or
+ * "NAME=W" (W a finite decimal number, may be negative or 0), spaces around
+ * items ignored, each name at most once: "brightness=1,saturation=0.5". */
+#define AP_REWARD_MIX_MAX 16
+typedef struct {
+    int n;
+    ap_reward *parts[AP_REWARD_MIX_MAX];
+    float weights[AP_REWARD_MIX_MAX];
+} ap_reward_mix;
+
+/* Parses spec and creates its rewards. Errors name the offending item. */
+ap_status ap_reward_mix_parse(ap_ctx *c, const char *spec, const ap_reward_opts *opts, ap_reward_mix **out);
+void ap_reward_mix_free(ap_reward_mix *m); /* accepts NULL */
+/* The mixture's rewards [N]. parts, when not NULL, receives each component's
+ * rewards [N] (new references, on the tape like the total) for logging. */
+ap_tensor *ap_reward_mix_forward(ap_ctx *c, ap_reward_mix *m, ap_tensor *images, const char *const *prompts,
+                                 ap_tensor **parts);
+/* The canonical spec ("brightness=1,saturation=0.5") into buf. */
+const char *ap_reward_mix_str(const ap_reward_mix *m, char *buf, size_t n);
+
+/* ------------------------------------------------------------ losses
+ * maximize: -mean(r). minimize: mean(r). target:T: mean(|r - T|) (the aesthetic
+ * runs of AlignProp; the gradient of |.| is sign, 0 at r == T). */
+typedef enum { AP_LOSS_MAXIMIZE = 0, AP_LOSS_MINIMIZE, AP_LOSS_TARGET } ap_loss_kind;
+typedef struct {
+    ap_loss_kind kind;
+    float target; /* AP_LOSS_TARGET only */
+} ap_reward_loss;
+
+ap_status ap_reward_loss_parse(ap_ctx *c, const char *spec, ap_reward_loss *out);
+/* rewards [N] -> loss [1]. */
+ap_tensor *ap_reward_loss_apply(ap_ctx *c, const ap_reward_loss *l, ap_tensor *rewards);
+const char *ap_reward_loss_str(const ap_reward_loss *l, char *buf, size_t n);
+
+/* ------------------------------------------------------------ built-ins (simple.c) */
+ap_status ap_reward_create_brightness(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+ap_status ap_reward_create_saturation(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+
+#endif
