@@ -105,7 +105,7 @@ int main(void) {
     ap_lora_merge_info li;
     snprintf(path, sizeof path, "%s/lora.safetensors", run1);
     CHECK_MSG(ap_lora_merge_file(c, m, path, 1.0f, &li) == AP_OK, "%s", ap_last_error(c));
-    CHECK_MSG(li.modules == 8 && li.unused_keys == 0, "8 attention projections merged, got %d", li.modules);
+    CHECK_MSG(li.modules == 32 && li.unused_keys == 0, "32 attention projections merged, got %d", li.modules);
     /* bad options are errors that name them */
     o.reward = "brightnes";
     CHECK(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "brightnes"));
