@@ -129,7 +129,7 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         ac.lr = o->lr;
         ac.weight_decay = o->weight_decay;
         ac.max_grad_norm = o->clip;
-        st = params ? ap_adamw_create(c, &ac, 2 * np, params, &opt) : ap_seterr(c, AP_ERR_NOMEM, "out of memory");
+        st = params ? ap_adamw_create(c, &ac, np, params, &opt) : ap_seterr(c, AP_ERR_NOMEM, "out of memory");
     }
     if (st == AP_OK) {
         snprintf(path, sizeof path, "%s/config.json", o->out_dir);
