@@ -15,6 +15,7 @@ static int usage(FILE *f) {
             "  demo        a tiny model made on the spot, through the whole pipeline (no demo model is shipped yet)\n"
             "  tokenize    print the CLIP token ids of a prompt\n"
             "  sample      generate images from a prompt\n"
+            "  train       AlignProp: train LoRA adapters by reward backpropagation\n"
             "  init        write a model with random weights (tiny, small or sd15)\n"
             "  inspect     show what a model folder or weights file holds\n"
             "\n"
@@ -26,6 +27,7 @@ int ap_cli_demo(int argc, char **argv);
 int ap_cli_tokenize(int argc, char **argv);
 int ap_cli_init(int argc, char **argv);
 int ap_cli_sample(int argc, char **argv);
+int ap_cli_train(int argc, char **argv);
 int ap_cli_inspect(int argc, char **argv);
 
 /* OpenMP's default wait policy spins at every barrier. On a shared machine
@@ -52,6 +54,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "demo")) return ap_cli_demo(argc - 1, argv + 1);
     if (!strcmp(cmd, "tokenize")) return ap_cli_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "sample")) return ap_cli_sample(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train")) return ap_cli_train(argc - 1, argv + 1);
     if (!strcmp(cmd, "init")) return ap_cli_init(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return ap_cli_inspect(argc - 1, argv + 1);
     fprintf(stderr, "alignprop: unknown command '%s'\n", cmd);

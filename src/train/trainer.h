@@ -1,0 +1,40 @@
+/* The AlignProp trainer: LoRA adapters on the UNet's attention projections,
+ * trained by backpropagating a differentiable reward through the VAE decoder
+ * and the DDIM chain (truncated and checkpointed), with AdamW. */
+#ifndef AP_TRAIN_TRAINER_H
+#define AP_TRAIN_TRAINER_H
+
+#include "train/lora.h"
+#include "train/truncation.h"
+
+typedef struct {
+    const char *model;       /* model folder or file */
+    const char *prompts;     /* file or builtin:NAME */
+    const char *negative;    /* "" */
+    const char *reward;      /* mixture spec ("brightness", "aesthetic=1,hps=0.5") */
+    const char *loss;        /* maximize | minimize | target:T */
+    const char *out_dir;     /* run directory */
+    int steps;               /* optimizer steps */
+    int batch;               /* images per chain */
+    int accum;               /* chains per optimizer step */
+    int sample_steps;        /* DDIM steps (50) */
+    float cfg;               /* 7.5 */
+    float eta;               /* 0 */
+    ap_trunc_policy trunc;   /* fixed:1 */
+    int width, height;       /* 512 */
+    int rank;                /* 4 */
+    float alpha;             /* rank */
+    double lr, weight_decay, clip, loss_coeff; /* 1e-3, 1e-4, 1.0, 0.01 */
+    uint64_t seed;
+    ap_dtype weights_dtype;  /* bf16 */
+    ap_lora_format export_format; /* kohya */
+    void (*progress)(void *user, int step, int total, double reward_mean);
+    void *progress_user;
+} ap_train_opts;
+
+void ap_train_defaults(ap_train_opts *o);
+/* Runs a whole training and writes the run directory: config.json, log.jsonl
+ * (one line per step), lora.safetensors (the adapters), optimizer.safetensors. */
+ap_status ap_train(ap_ctx *c, const ap_train_opts *o);
+
+#endif
