@@ -114,6 +114,28 @@ out=$($bin inspect "$tmp/empty" 2>&1); rc=$?
 check "inspect folder without model_index.json exits 1" 1 $rc
 contains "inspect folder without model_index.json" "model_index.json" "$out"
 
+# train: a run directory, and its adapters load into sample
+out=$($bin train --model "$tmp/m" --reward brightness --prompts builtin:simple_animals --steps 2 --batch 1 \
+      --sample-steps 2 --width 16 --height 16 --weights-dtype f32 --seed 1 -o "$tmp/run" 2>&1); rc=$?
+check "train exits 0" 0 $rc
+for f in config.json log.jsonl lora.safetensors optimizer.safetensors; do
+  [ -s "$tmp/run/$f" ] || { echo "FAIL train wrote no $f"; fail=1; }
+done
+check "train logs one line per step" 2 "$(wc -l < "$tmp/run/log.jsonl")"
+out=$($bin sample --model "$tmp/m" --prompt "a cat" --steps 2 --width 16 --height 16 --lora "$tmp/run/lora.safetensors" \
+      -o "$tmp/l.png" 2>&1); rc=$?
+check "sample with the trained LoRA exits 0" 0 $rc
+contains "sample merged the trained LoRA" "kohya keys): 32 modules" "$out"
+out=$($bin train --model "$tmp/m" --reward brightnes -o "$tmp/run2" 2>&1); rc=$?
+check "train unknown reward exits 1" 1 $rc
+contains "train unknown reward named" "brightnes" "$out"
+out=$($bin train --model "$tmp/m" --reward brightness --truncation fixed:0 -o "$tmp/run2" 2>&1); rc=$?
+check "train bad truncation exits 2" 2 $rc
+contains "train bad truncation named" "fixed:0" "$out"
+out=$($bin train --model "$tmp/m" --reward brightness --steps abc -o "$tmp/run2" 2>&1); rc=$?
+check "train bad number exits 2" 2 $rc
+contains "train bad number named" "--steps abc" "$out"
+
 # the demo runs end to end and says what it is
 out=$($bin demo -o "$tmp/demo" 2>&1); rc=$?
 check "demo exits 0" 0 $rc
