@@ -11,21 +11,21 @@ int ap_cli_parse_dtype(const char *s, ap_dtype *out);
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: alignprop train --model PATH --reward SPEC -o RUNDIR [options]\n"
+            "usage: alignprop train --model PATH --reward SPEC --out RUNDIR [options]\n"
             "  --reward SPEC          reward or weighted mixture: brightness | saturation | a=1,b=0.5\n"
             "  --loss maximize|minimize|target:T   (maximize)\n"
             "  --prompts SRC          prompt file (one per line) or builtin:simple_animals (default),\n"
             "                         builtin:hps_v2_all, builtin:eval_simple_animals, builtin:hps_v2_all_eval\n"
             "  --negative TEXT        negative prompt (empty)\n"
             "  --steps N              optimizer steps (100)\n"
-            "  --batch N              images per chain (1)\n"
-            "  --accum N              chains per optimizer step (1)\n"
+            "  --batch-size N         images per chain (1)\n"
+            "  --grad-accum N         chains per optimizer step (1)\n"
             "  --sample-steps N       DDIM steps (50)\n"
             "  --cfg S                guidance scale (7.5)\n"
             "  --eta E                DDIM eta (0)\n"
             "  --truncation SPEC      fixed:K | rand-step:MIN:MAX | rand:MIN:MAX | gaussian:MEAN:STD | full (fixed:1)\n"
             "  --width W --height H   image size (512)\n"
-            "  --rank R --alpha A     LoRA rank (4) and alpha (rank)\n"
+            "  --lora-rank R --alpha A  LoRA rank (4) and alpha (rank)\n"
             "  --lr X --weight-decay X --clip X --loss-coeff X   (1e-3, 1e-4, 1.0, 0.01)\n"
             "  --seed N               (0)\n"
             "  --weights-dtype D      bf16 (default) | f32 | f16\n"
@@ -70,16 +70,16 @@ int ap_cli_train(int argc, char **argv) {
         else if (!strcmp(a, "--loss")) o.loss = val;
         else if (!strcmp(a, "--prompts")) o.prompts = val;
         else if (!strcmp(a, "--negative")) o.negative = val;
-        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) o.out_dir = val;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--out") || !strcmp(a, "--output")) o.out_dir = val;
         else if (!strcmp(a, "--truncation")) trunc = val;
         else if (!strcmp(a, "--precision")) precision = val;
         else if (!strcmp(a, "--steps")) { if (num(a, val, 1, 1e7, &v)) return 2; o.steps = (int)v; }
-        else if (!strcmp(a, "--batch")) { if (num(a, val, 1, 256, &v)) return 2; o.batch = (int)v; }
-        else if (!strcmp(a, "--accum")) { if (num(a, val, 1, 1024, &v)) return 2; o.accum = (int)v; }
+        else if (!strcmp(a, "--batch") || !strcmp(a, "--batch-size")) { if (num(a, val, 1, 256, &v)) return 2; o.batch = (int)v; }
+        else if (!strcmp(a, "--accum") || !strcmp(a, "--grad-accum")) { if (num(a, val, 1, 1024, &v)) return 2; o.accum = (int)v; }
         else if (!strcmp(a, "--sample-steps")) { if (num(a, val, 1, 1000, &v)) return 2; o.sample_steps = (int)v; }
         else if (!strcmp(a, "--width")) { if (num(a, val, 8, 8192, &v)) return 2; o.width = (int)v; }
         else if (!strcmp(a, "--height")) { if (num(a, val, 8, 8192, &v)) return 2; o.height = (int)v; }
-        else if (!strcmp(a, "--rank")) { if (num(a, val, 1, 1024, &v)) return 2; o.rank = (int)v; }
+        else if (!strcmp(a, "--rank") || !strcmp(a, "--lora-rank")) { if (num(a, val, 1, 1024, &v)) return 2; o.rank = (int)v; }
         else if (!strcmp(a, "--alpha")) { if (num(a, val, 0, 1e6, &v)) return 2; o.alpha = (float)v; }
         else if (!strcmp(a, "--cfg")) { if (num(a, val, 0, 100, &v)) return 2; o.cfg = (float)v; }
         else if (!strcmp(a, "--eta")) { if (num(a, val, 0, 10, &v)) return 2; o.eta = (float)v; }
