@@ -136,6 +136,33 @@ out=$($bin train --model "$tmp/m" --reward brightness --steps abc -o "$tmp/run2"
 check "train bad number exits 2" 2 $rc
 contains "train bad number named" "--steps abc" "$out"
 
+# lora mix: alpha 1 gives the first adapter, alpha 0 the second (same images through sample)
+$bin train --model "$tmp/m" --reward saturation --steps 2 --sample-steps 2 --width 16 --height 16 --weights-dtype f32 \
+  --seed 2 --out "$tmp/run_s" > /dev/null 2>&1
+for al in 1 0; do
+  out=$($bin lora mix "$tmp/run/lora.safetensors" "$tmp/run_s/lora.safetensors" --alpha $al -o "$tmp/mix$al.safetensors" 2>&1); rc=$?
+  check "lora mix alpha $al exits 0" 0 $rc
+done
+img_of() { # lora file -> md5 of the decoded image
+  $bin sample --model "$tmp/m" --prompt "a cat" --steps 2 --width 16 --height 16 --weights-dtype f32 --lora "$1" \
+    --dump "$tmp/d_$2" -o "$tmp/x.png" > /dev/null 2>&1
+  md5sum "$tmp/d_$2/image.safetensors" | cut -d' ' -f1
+}
+check "lora mix alpha 1 = first" "$(img_of "$tmp/run/lora.safetensors" a)" "$(img_of "$tmp/mix1.safetensors" b)"
+check "lora mix alpha 0 = second" "$(img_of "$tmp/run_s/lora.safetensors" c)" "$(img_of "$tmp/mix0.safetensors" d)"
+out=$($bin lora mix "$tmp/run/lora.safetensors" "$tmp/m/model.safetensors" --alpha 0.5 -o "$tmp/bad.safetensors" 2>&1); rc=$?
+check "lora mix of different layouts exits 1" 1 $rc
+[ -e "$tmp/bad.safetensors" ] && { echo "FAIL lora mix left a file after an error"; fail=1; }
+
+# eval: a reward per prompt and the mean
+printf 'a red circle\na blue square\n' > "$tmp/p.txt"
+out=$($bin eval --model "$tmp/m" --reward brightness --prompts "$tmp/p.txt" --per-prompt 2 --steps 2 --width 16 \
+      --height 16 --lora "$tmp/run/lora.safetensors" 2>&1); rc=$?
+check "eval exits 0" 0 $rc
+contains "eval reports the mean" "reward brightness=1 over 4 images (2 prompts x 2 seeds): mean" "$out"
+out=$($bin eval --model "$tmp/m" --reward nope --prompts "$tmp/p.txt" 2>&1); rc=$?
+check "eval unknown reward exits 1" 1 $rc
+
 # the demo runs end to end and says what it is
 out=$($bin demo -o "$tmp/demo" 2>&1); rc=$?
 check "demo exits 0" 0 $rc

@@ -16,6 +16,8 @@ static int usage(FILE *f) {
             "  tokenize    print the CLIP token ids of a prompt\n"
             "  sample      generate images from a prompt\n"
             "  train       AlignProp: train LoRA adapters by reward backpropagation\n"
+            "  eval        the reward of a model (and adapters) on a prompt set\n"
+            "  lora        operations on LoRA files (lora mix A B --alpha X -o C)\n"
             "  init        write a model with random weights (tiny, small or sd15)\n"
             "  inspect     show what a model folder or weights file holds\n"
             "\n"
@@ -28,6 +30,8 @@ int ap_cli_tokenize(int argc, char **argv);
 int ap_cli_init(int argc, char **argv);
 int ap_cli_sample(int argc, char **argv);
 int ap_cli_train(int argc, char **argv);
+int ap_cli_eval(int argc, char **argv);
+int ap_cli_lora(int argc, char **argv);
 int ap_cli_inspect(int argc, char **argv);
 
 /* OpenMP's default wait policy spins at every barrier. On a shared machine
@@ -55,6 +59,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return ap_cli_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "sample")) return ap_cli_sample(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return ap_cli_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval")) return ap_cli_eval(argc - 1, argv + 1);
+    if (!strcmp(cmd, "lora")) return ap_cli_lora(argc - 1, argv + 1);
     if (!strcmp(cmd, "init")) return ap_cli_init(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return ap_cli_inspect(argc - 1, argv + 1);
     fprintf(stderr, "alignprop: unknown command '%s'\n", cmd);
