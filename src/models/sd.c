@@ -176,6 +176,20 @@ static double jnum(const ap_json *o, const char *key, double dflt) {
     return ap_json_num(ap_json_get(o, key), &x) ? x : dflt;
 }
 
+/* The text encoder's config: transformers' CLIPTextConfig keys, which our own
+ * metadata uses too (required there; defaults to SD1.x's for diffusers folders). */
+static void text_config_parse(jctx *jc, const ap_json *t, bool required, ap_clip_text_config *tc) {
+    tc->vocab = jint(jc, t, "vocab_size", 1, 1 << 24, 49408, required);
+    tc->max_positions = jint(jc, t, "max_position_embeddings", 1, 4096, 77, required);
+    tc->width = jint(jc, t, "hidden_size", 1, 1 << 16, 768, required);
+    tc->layers = jint(jc, t, "num_hidden_layers", 1, AP_CLIP_MAX_LAYERS, 12, required);
+    tc->heads = jint(jc, t, "num_attention_heads", 1, 1024, 12, required);
+    tc->intermediate = jint(jc, t, "intermediate_size", 1, 1 << 20, 3072, required);
+    const char *act = ap_json_str(ap_json_get(t, "hidden_act"));
+    tc->act = act && !strcmp(act, "gelu") ? AP_ACT_GELU : AP_ACT_QUICK_GELU;
+    tc->eps = (float)jnum(t, "layer_norm_eps", 1e-5);
+}
+
 ap_status ap_sd_config_from_json(ap_ctx *c, const char *text, const char *where, ap_sd_config *out) {
     char err[256];
     ap_json *root = ap_json_parse(text, strlen(text), err, sizeof err);
@@ -204,16 +218,7 @@ ap_status ap_sd_config_from_json(ap_ctx *c, const char *text, const char *where,
     vc->layers_per_block = jint(&jc, v, "layers_per_block", 1, AP_VAE_MAX_LAYERS - 1, 2, true);
     vc->norm_groups = jint(&jc, v, "norm_groups", 1, 1024, 32, true);
     vc->scaling_factor = (float)jnum(v, "scaling_factor", 0.18215);
-    ap_clip_text_config *tc = &out->text;
-    tc->vocab = jint(&jc, t, "vocab_size", 1, 1 << 24, 49408, true);
-    tc->max_positions = jint(&jc, t, "max_position_embeddings", 1, 4096, 77, true);
-    tc->width = jint(&jc, t, "hidden_size", 1, 1 << 16, 768, true);
-    tc->layers = jint(&jc, t, "num_hidden_layers", 1, AP_CLIP_MAX_LAYERS, 12, true);
-    tc->heads = jint(&jc, t, "num_attention_heads", 1, 1024, 12, true);
-    tc->intermediate = jint(&jc, t, "intermediate_size", 1, 1 << 20, 3072, true);
-    const char *act = ap_json_str(ap_json_get(t, "hidden_act"));
-    tc->act = act && !strcmp(act, "gelu") ? AP_ACT_GELU : AP_ACT_QUICK_GELU;
-    tc->eps = (float)jnum(t, "layer_norm_eps", 1e-5);
+    text_config_parse(&jc, t, true, &out->text);
     ap_json_free(root);
     return jc.st;
 }
@@ -603,16 +608,7 @@ static ap_status config_from_diffusers(ap_ctx *c, const char *dir, ap_sd_config 
     snprintf(p, sizeof p, "%s/text_encoder/config.json", dir);
     ap_json *t = read_json(c, p);
     if (!t) return c->status;
-    ap_clip_text_config *tc = &cfg->text;
-    tc->vocab = jint(&jc, t, "vocab_size", 1, 1 << 24, 49408, false);
-    tc->max_positions = jint(&jc, t, "max_position_embeddings", 1, 4096, 77, false);
-    tc->width = jint(&jc, t, "hidden_size", 1, 1 << 16, 768, false);
-    tc->layers = jint(&jc, t, "num_hidden_layers", 1, AP_CLIP_MAX_LAYERS, 12, false);
-    tc->heads = jint(&jc, t, "num_attention_heads", 1, 1024, 12, false);
-    tc->intermediate = jint(&jc, t, "intermediate_size", 1, 1 << 20, 3072, false);
-    const char *act = ap_json_str(ap_json_get(t, "hidden_act"));
-    tc->act = act && !strcmp(act, "gelu") ? AP_ACT_GELU : AP_ACT_QUICK_GELU;
-    tc->eps = (float)jnum(t, "layer_norm_eps", 1e-5);
+    text_config_parse(&jc, t, false, &cfg->text);
     ap_json_free(t);
     return jc.st;
 }
