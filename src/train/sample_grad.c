@@ -82,10 +82,13 @@ ap_status ap_sample_with_grad(ap_ctx *c, ap_sd_model *m, const ap_grad_sample_op
                 ap_checkpoint_copy(c, guided_eps, &su, sizeof su, 3, in, 1, &eps);
             else
                 guided_eps(c, &su, 3, in, 1, &eps);
+        } else if (o->replay && o->replay[i]) {
+            eps = ap_tensor_retain(o->replay[i]);
         } else { /* the UNet output is detached: no recording at all */
             int prev = ap_set_grad_enabled(c, 0);
             guided_eps(c, &su, 3, in, 1, &eps);
             ap_set_grad_enabled(c, prev);
+            if (o->record) o->record[i] = ap_tensor_retain(eps);
         }
         ap_tensor_release(xin);
         ap_tensor_release(t);

@@ -17,6 +17,13 @@ typedef struct {
     float eta;               /* DDIM eta (0; > 0 adds noise drawn from noise_rng as a constant) */
     ap_trunc_policy trunc;   /* fixed:1 by default */
     bool checkpoint;         /* run kept UNet calls and the decoder under ap_checkpoint (true) */
+    /* For tests of truncated gradients: when record is set, the (constant) UNet
+     * outputs of the steps whose gradient is not kept are stored there (steps
+     * entries, new references; NULL for kept steps); when replay is set, those
+     * steps use the stored outputs instead of running the UNet. A replayed chain
+     * is the function whose exact derivative the truncated gradient is. */
+    ap_tensor **record;
+    ap_tensor *const *replay;
 } ap_grad_sample_opts;
 
 void ap_grad_sample_defaults(ap_grad_sample_opts *o);
