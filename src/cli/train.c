@@ -170,7 +170,7 @@ int ap_cli_train(int argc, char **argv) {
         ap_ctx_free(c);
         return 128 + (int)g_stop;
     }
-    printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, "
+    printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, checkpoints/, "
            "optimizer.safetensors)\n", o.steps, ap_now() - t0, o.out_dir);
     ap_ctx_free(c);
     return 0;
