@@ -170,5 +170,26 @@ contains "demo says no demo model is shipped" "do not exist yet" "$out"
 contains "demo says where its image is" "wrote $tmp/demo/samples.png" "$out"
 [ -s "$tmp/demo/samples.png" ] || { echo "FAIL demo wrote no samples.png"; fail=1; }
 
+# train: checkpoints, --resume, SIGTERM
+tr="--model $tmp/m --reward brightness --batch 1 --sample-steps 2 --width 16 --height 16 --weights-dtype f32 --seed 1"
+out=$($bin train $tr --steps 2 --save-every 1 --keep-checkpoints 1 -o "$tmp/rr" 2>&1); rc=$?
+check "train with checkpoints exits 0" 0 $rc
+[ -f "$tmp/rr/checkpoints/step_000002/DONE" ] || { echo "FAIL train wrote no complete step_000002"; fail=1; }
+[ -e "$tmp/rr/checkpoints/step_000001" ] && { echo "FAIL --keep-checkpoints 1 kept step_000001"; fail=1; }
+out=$($bin train $tr --steps 3 --resume "$tmp/rr" 2>&1); rc=$?
+check "train --resume exits 0" 0 $rc
+check "resumed log has one line per step" 3 "$(wc -l < "$tmp/rr/log.jsonl")"
+out=$($bin train $tr --width 24 --steps 4 --resume -o "$tmp/rr" 2>&1); rc=$?
+check "train --resume incompatible exits 1" 1 $rc
+contains "train --resume incompatible names the field" "width" "$out"
+$bin train $tr --steps 1000000 --save-every 0 -o "$tmp/rs" >/dev/null 2>"$tmp/rs.err" &
+pid=$!
+sleep 2
+kill -TERM $pid
+wait $pid; rc=$?
+check "train stopped by SIGTERM exits 143" 143 $rc
+contains "train says it was interrupted" "interrupted" "$(cat "$tmp/rs.err")"
+ls "$tmp"/rs/checkpoints/step_*/DONE >/dev/null 2>&1 || { echo "FAIL SIGTERM left no complete checkpoint"; fail=1; }
+
 [ $fail -eq 0 ] && echo "cli: all passed" || echo "cli: failures"
 exit $fail

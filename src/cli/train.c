@@ -3,6 +3,7 @@
 #include "train/trainer.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,11 +31,21 @@ static int usage(void) {
             "  --seed N               (0)\n"
             "  --weights-dtype D      bf16 (default) | f32 | f16\n"
             "  --precision P          f32 | bf16 (default: AP_PRECISION or f32)\n"
-            "  --lora-format F        kohya (default) | diffusers | peft\n");
+            "  --lora-format F        kohya (default) | diffusers | peft\n"
+            "  --save-every N         checkpoint every N steps (50; 0: only at the end)\n"
+            "  --keep-checkpoints K   complete checkpoints kept (3; 0: all)\n"
+            "  --resume [RUNDIR]      continue RUNDIR (or -o) from its newest complete checkpoint\n"
+            "Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits 130 (143).\n");
     return 2;
 }
 
+static volatile sig_atomic_t g_stop; /* the signal that asked to stop, 0 while none */
+static int g_last_step;
+
+static void on_signal(int sig) { g_stop = sig; }
+
 static void on_progress(void *u, int step, int total, double r) {
+    g_last_step = step;
     char extra[64];
     snprintf(extra, sizeof extra, "reward %.4g", r);
     ap_progress_update(u, step, total, extra);
@@ -56,10 +67,15 @@ int ap_cli_train(int argc, char **argv) {
     ap_train_defaults(&o);
     o.out_dir = NULL;
     o.reward = NULL;
-    const char *precision = NULL, *trunc = NULL;
+    const char *precision = NULL, *trunc = NULL, *resume_dir = NULL;
     double v;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--resume")) { /* takes an optional RUNDIR */
+            o.resume = true;
+            if (val && val[0] != '-') resume_dir = argv[++i];
+            continue;
+        }
         if (!val || a[0] != '-') {
             fprintf(stderr, "alignprop train: unknown or incomplete option '%s'\n", a);
             return usage();
@@ -87,6 +103,8 @@ int ap_cli_train(int argc, char **argv) {
         else if (!strcmp(a, "--weight-decay")) { if (num(a, val, 0, 10, &v)) return 2; o.weight_decay = v; }
         else if (!strcmp(a, "--clip")) { if (num(a, val, 0, 1e9, &v)) return 2; o.clip = v; }
         else if (!strcmp(a, "--loss-coeff")) { if (num(a, val, -1e6, 1e6, &v)) return 2; o.loss_coeff = v; }
+        else if (!strcmp(a, "--save-every")) { if (num(a, val, 0, 1e7, &v)) return 2; o.save_every = (int)v; }
+        else if (!strcmp(a, "--keep-checkpoints")) { if (num(a, val, 0, 1e6, &v)) return 2; o.keep_checkpoints = (int)v; }
         else if (!strcmp(a, "--seed")) { if (num(a, val, 0, 1e18, &v)) return 2; o.seed = (uint64_t)v; }
         else if (!strcmp(a, "--weights-dtype")) {
             if (ap_cli_parse_dtype(val, &o.weights_dtype)) { fprintf(stderr, "alignprop train: --weights-dtype %s: expected bf16, f32 or f16\n", val); return 2; }
@@ -96,6 +114,11 @@ int ap_cli_train(int argc, char **argv) {
             o.export_format = (ap_lora_format)f;
         } else { fprintf(stderr, "alignprop train: unknown option '%s'\n", a); return usage(); }
     }
+    if (resume_dir && o.out_dir && strcmp(resume_dir, o.out_dir)) {
+        fprintf(stderr, "alignprop train: --resume %s and -o %s name different run directories\n", resume_dir, o.out_dir);
+        return 2;
+    }
+    if (resume_dir) o.out_dir = resume_dir;
     if (!o.model || !o.reward || !o.out_dir) {
         fprintf(stderr, "alignprop train: --model, --reward and -o are required\n");
         return usage();
@@ -121,15 +144,33 @@ int ap_cli_train(int argc, char **argv) {
     ap_progress_begin(&bar, "training");
     o.progress = on_progress;
     o.progress_user = &bar;
+    g_stop = 0;
+    o.stop = &g_stop;
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
     double t0 = ap_now();
     ap_status st = ap_train(c, &o);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     ap_progress_end(&bar);
     if (st != AP_OK) {
         fprintf(stderr, "alignprop train: %s\n", ap_last_error(c));
         ap_ctx_free(c);
         return 1;
     }
-    printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, "
+    if (g_stop) {
+        fprintf(stderr,
+                "alignprop train: interrupted (%s) after step %d; checkpoint written in %s/checkpoints; "
+                "continue with --resume %s\n",
+                g_stop == SIGINT ? "SIGINT" : "SIGTERM", g_last_step, o.out_dir, o.out_dir);
+        ap_ctx_free(c);
+        return 128 + (int)g_stop;
+    }
+    printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, checkpoints/, "
            "optimizer.safetensors)\n", o.steps, ap_now() - t0, o.out_dir);
     ap_ctx_free(c);
     return 0;

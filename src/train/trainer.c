@@ -2,6 +2,8 @@
 #include "trainer.h"
 
 #include "core/internal.h"
+#include "diffusion/rng.h"
+#include "io/atomic.h"
 #include "io/json.h"
 #include "pipeline/txt2img.h"
 #include "rewards/reward.h"
@@ -9,12 +11,15 @@
 #include "train/prompts.h"
 #include "train/sample_grad.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 void ap_train_defaults(ap_train_opts *o) {
     memset(o, 0, sizeof *o);
@@ -38,6 +43,8 @@ void ap_train_defaults(ap_train_opts *o) {
     o->loss_coeff = 0.01;
     o->weights_dtype = AP_BF16;
     o->export_format = AP_LORA_KOHYA;
+    o->save_every = 50;
+    o->keep_checkpoints = 3;
 }
 
 static double now_s(void) {
@@ -46,7 +53,7 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static ap_status write_config(ap_ctx *c, const ap_train_opts *o, const char *path) {
+static ap_json *config_json(ap_ctx *c, const ap_train_opts *o) {
     ap_json *j = ap_json_new_object();
     char buf[64];
     ap_json_add_str(j, "alignprop_version", ap_version_string());
@@ -82,13 +89,316 @@ static ap_status write_config(ap_ctx *c, const ap_train_opts *o, const char *pat
     ap_json_add_str(j, "precision", ap_get_precision(c) == AP_PREC_BF16 ? "bf16" : "f32");
     ap_json_add_int(j, "threads", ap_get_num_threads(c));
     ap_json_add_str(j, "lora_format", ap_lora_format_name(o->export_format));
-    char *s = ap_json_print(j, true);
+    return j;
+}
+
+static ap_status write_text_atomic(ap_ctx *c, const char *path, const char *text);
+
+static ap_status write_config(ap_ctx *c, const ap_train_opts *o, const char *path) {
+    ap_json *j = config_json(c, o);
+    char *s = j ? ap_json_print(j, true) : NULL;
     ap_json_free(j);
     if (!s) return ap_seterr(c, AP_ERR_NOMEM, "out of memory");
-    FILE *f = fopen(path, "w");
-    ap_status st = AP_OK;
-    if (!f || fputs(s, f) < 0 || fclose(f) != 0) st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
+    ap_status st = write_text_atomic(c, path, s);
     ap_json_free_str(s);
+    return st;
+}
+
+/* ---- checkpoints ---------------------------------------------------------- */
+
+/* Settings a resumed run must share with the checkpoint for the continuation
+ * to be the same training; steps, lr, weight decay, clip and the loss
+ * coefficient may change (the new values apply from the next step). */
+static const char *const COMPAT_KEYS[] = {"model",  "prompts",      "negative", "reward", "loss",
+                                          "batch",  "accum",        "sample_steps", "cfg", "eta",
+                                          "truncation", "width",    "height",   "lora_rank", "lora_alpha",
+                                          "seed",   "weights_dtype"};
+
+/* Removes a file or a directory tree (checkpoint directories are flat). */
+static int rm_tree(const char *path) {
+    struct stat sb;
+    if (lstat(path, &sb) != 0) return errno == ENOENT ? 0 : -1;
+    if (!S_ISDIR(sb.st_mode)) return unlink(path);
+    DIR *d = opendir(path);
+    if (!d) return -1;
+    struct dirent *e;
+    char sub[4096];
+    int rc = 0;
+    while ((e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+        if (rm_tree(sub) != 0) rc = -1;
+    }
+    closedir(d);
+    return rc == 0 ? rmdir(path) : -1;
+}
+
+static int fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY | O_DIRECTORY);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* "step_" followed by digits only (so "step_000004.tmp" is not one) -> step, else -1. */
+static int64_t ckpt_step_of(const char *name) {
+    if (strncmp(name, "step_", 5) != 0 || !name[5]) return -1;
+    int64_t v = 0;
+    for (const char *p = name + 5; *p; p++) {
+        if (*p < '0' || *p > '9' || v > 100000000) return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v;
+}
+
+/* Complete checkpoints (a DONE marker inside) of dir, ascending; returns the
+ * count (or -1 when the list cannot be allocated), *steps malloc'd. */
+static int list_checkpoints(const char *dir, int64_t **steps) {
+    *steps = NULL;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int n = 0, cap = 0;
+    struct dirent *e;
+    char p[4096];
+    while ((e = readdir(d))) {
+        int64_t s = ckpt_step_of(e->d_name);
+        if (s < 0) continue;
+        snprintf(p, sizeof p, "%s/%s/DONE", dir, e->d_name);
+        if (access(p, F_OK) != 0) continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            int64_t *t = realloc(*steps, sizeof *t * (size_t)cap);
+            if (!t) {
+                free(*steps);
+                *steps = NULL;
+                closedir(d);
+                return -1;
+            }
+            *steps = t;
+        }
+        (*steps)[n++] = s;
+    }
+    closedir(d);
+    for (int i = 1; i < n; i++) /* insertion sort: a handful of entries */
+        for (int j = i; j > 0 && (*steps)[j - 1] > (*steps)[j]; j--) {
+            int64_t t = (*steps)[j];
+            (*steps)[j] = (*steps)[j - 1];
+            (*steps)[j - 1] = t;
+        }
+    return n;
+}
+
+static void hex_encode(const uint8_t *b, size_t n, char *out /* [2n+1] */) {
+    static const char H[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = H[b[i] >> 4];
+        out[2 * i + 1] = H[b[i] & 15];
+    }
+    out[2 * n] = 0;
+}
+
+static bool hex_decode(const char *s, uint8_t *out, size_t n) {
+    if (!s || strlen(s) != 2 * n) return false;
+    for (size_t i = 0; i < 2 * n; i++) {
+        char ch = s[i];
+        int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
+        if (v < 0) return false;
+        if (i & 1) out[i / 2] |= (uint8_t)v;
+        else out[i / 2] = (uint8_t)(v << 4);
+    }
+    return true;
+}
+
+static const char *const RNG_KEYS[3] = {"rng_latents", "rng_truncation", "rng_noise"};
+
+static ap_status write_text_atomic(ap_ctx *c, const char *path, const char *text) {
+    ap_atomic_file af;
+    ap_status st = ap_atomic_open(c, path, &af);
+    if (st != AP_OK) return st;
+    if (fputs(text, af.f) < 0) {
+        ap_atomic_abort(&af);
+        return ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
+    }
+    return ap_atomic_commit(c, &af);
+}
+
+/* Writes RUNDIR/checkpoints/step_NNNNNN/ through a .tmp directory, then keeps
+ * the newest o->keep_checkpoints complete ones. */
+static ap_status save_checkpoint(ap_ctx *c, const ap_train_opts *o, int step, int64_t pos, ap_rng *const g[3],
+                                 const ap_lora_set *lora, ap_adamw *opt) {
+    char dir[4096], fin[4200], tmp[4300], p[4400];
+    snprintf(dir, sizeof dir, "%s/checkpoints", o->out_dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return ap_seterr(c, AP_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
+    snprintf(fin, sizeof fin, "%s/step_%06d", dir, step);
+    snprintf(tmp, sizeof tmp, "%s.tmp", fin);
+    if (rm_tree(tmp) != 0 || mkdir(tmp, 0755) != 0)
+        return ap_seterr(c, AP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    snprintf(p, sizeof p, "%s/lora.safetensors", tmp);
+    ap_status st = ap_lora_save(c, lora, p, AP_LORA_KOHYA);
+    if (st == AP_OK) {
+        snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
+        st = ap_adamw_save(opt, p);
+    }
+    if (st == AP_OK) {
+        ap_json *j = ap_json_new_object();
+        ap_json *cj = config_json(c, o);
+        char hex[2 * AP_RNG_STATE_BYTES + 1];
+        uint8_t raw[AP_RNG_STATE_BYTES];
+        bool ok = j && cj && ap_json_add_int(j, "step", step) && ap_json_add_int(j, "prompt_position", pos);
+        for (int i = 0; i < 3 && ok; i++) {
+            ap_rng_get_state(g[i], raw);
+            hex_encode(raw, sizeof raw, hex);
+            ok = ap_json_add_str(j, RNG_KEYS[i], hex);
+        }
+        ok = ok && ap_json_add(j, "config", cj);
+        if (!ok) ap_json_free(cj);
+        char *s = ok ? ap_json_print(j, true) : NULL;
+        ap_json_free(j);
+        if (!s) st = ap_seterr(c, AP_ERR_NOMEM, "out of memory");
+        else {
+            snprintf(p, sizeof p, "%s/state.json", tmp);
+            st = write_text_atomic(c, p, s);
+            ap_json_free_str(s);
+        }
+    }
+    if (st == AP_OK) {
+        snprintf(p, sizeof p, "%s/DONE", tmp);
+        st = write_text_atomic(c, p, "complete\n");
+    }
+    /* a leftover final directory can only be an incomplete one from a crashed run */
+    if (st == AP_OK && (fsync_path(tmp) != 0 || rm_tree(fin) != 0 || rename(tmp, fin) != 0 || fsync_path(dir) != 0))
+        st = ap_seterr(c, AP_ERR_IO, "%s: cannot complete the checkpoint: %s", fin, strerror(errno));
+    if (st != AP_OK) {
+        rm_tree(tmp);
+        return st;
+    }
+    if (o->keep_checkpoints > 0) {
+        int64_t *steps;
+        int n = list_checkpoints(dir, &steps);
+        for (int i = 0; i < n - o->keep_checkpoints; i++) {
+            snprintf(p, sizeof p, "%s/step_%06lld", dir, (long long)steps[i]);
+            rm_tree(p);
+        }
+        free(steps);
+    }
+    return AP_OK;
+}
+
+static char *slurp_text(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = NULL;
+    size_t cap = 0, n = 0, r;
+    do {
+        if (n + 65536 > cap) {
+            cap = cap ? 2 * cap : 65536;
+            char *t = realloc(buf, cap + 1);
+            if (!t) {
+                free(buf);
+                fclose(f);
+                return NULL;
+            }
+            buf = t;
+        }
+        r = fread(buf + n, 1, cap - n, f);
+        n += r;
+    } while (r > 0);
+    fclose(f);
+    buf[n] = 0;
+    *len = n;
+    return buf;
+}
+
+/* Loads the newest complete checkpoint of o->out_dir: adapters, optimizer,
+ * the three streams and the prompt position; *step receives its step. */
+static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, int64_t *pos, ap_rng *const g[3],
+                                 ap_lora_set *lora, ap_adamw *opt) {
+    char dir[4096], p[4400];
+    snprintf(dir, sizeof dir, "%s/checkpoints", o->out_dir);
+    int64_t *steps;
+    int n = list_checkpoints(dir, &steps);
+    if (n < 0) return ap_seterr(c, AP_ERR_NOMEM, "out of memory");
+    if (n == 0) return ap_seterr(c, AP_ERR_NOT_FOUND, "train --resume: no complete checkpoint in %s", dir);
+    int64_t s = steps[n - 1];
+    free(steps);
+    snprintf(p, sizeof p, "%s/step_%06lld/state.json", dir, (long long)s);
+    size_t len = 0;
+    char *text = slurp_text(p, &len);
+    if (!text) return ap_seterr(c, AP_ERR_IO, "%s: cannot read", p);
+    char err[128];
+    ap_json *j = ap_json_parse(text, len, err, sizeof err);
+    free(text);
+    if (!j) return ap_seterr(c, AP_ERR_FORMAT, "%s: %s", p, err);
+    ap_status st = AP_OK;
+    int64_t js = 0, jp = 0;
+    const ap_json *saved = ap_json_get(j, "config");
+    if (!ap_json_int(ap_json_get(j, "step"), 0, INT32_MAX, &js) ||
+        !ap_json_int(ap_json_get(j, "prompt_position"), 0, INT64_MAX, &jp) || !saved)
+        st = ap_seterr(c, AP_ERR_FORMAT, "%s: step, prompt_position or config missing", p);
+    ap_json *cur = st == AP_OK ? config_json(c, o) : NULL;
+    for (size_t i = 0; st == AP_OK && i < sizeof COMPAT_KEYS / sizeof *COMPAT_KEYS; i++) {
+        char *a = ap_json_print(ap_json_get(saved, COMPAT_KEYS[i]), false);
+        char *b = ap_json_print(ap_json_get(cur, COMPAT_KEYS[i]), false);
+        if (!a || !b || strcmp(a, b) != 0)
+            st = ap_seterr(c, AP_ERR_INVALID_ARG,
+                           "train --resume: the checkpoint %s was made with %s = %s, this run has %s = %s", p,
+                           COMPAT_KEYS[i], a ? a : "(none)", COMPAT_KEYS[i], b ? b : "(none)");
+        ap_json_free_str(a);
+        ap_json_free_str(b);
+    }
+    ap_json_free(cur);
+    for (int i = 0; i < 3 && st == AP_OK; i++) {
+        uint8_t raw[AP_RNG_STATE_BYTES];
+        if (!hex_decode(ap_json_str(ap_json_get(j, RNG_KEYS[i])), raw, sizeof raw))
+            st = ap_seterr(c, AP_ERR_FORMAT, "%s: %s is not a %d-byte hex state", p, RNG_KEYS[i], AP_RNG_STATE_BYTES);
+        else st = ap_rng_set_state(c, g[i], raw, sizeof raw);
+    }
+    ap_json_free(j);
+    if (st == AP_OK) {
+        snprintf(p, sizeof p, "%s/step_%06lld/lora.safetensors", dir, (long long)s);
+        st = ap_lora_load(c, lora, p);
+    }
+    if (st == AP_OK) {
+        snprintf(p, sizeof p, "%s/step_%06lld/optimizer.safetensors", dir, (long long)s);
+        st = ap_adamw_load(opt, p);
+        if (st == AP_OK) {
+            opt->cfg.lr = o->lr;
+            opt->cfg.weight_decay = o->weight_decay;
+            opt->cfg.max_grad_norm = o->clip;
+        }
+    }
+    if (st == AP_OK) {
+        *step = (int)js;
+        *pos = jp;
+    }
+    return st == AP_OK ? c->status : st;
+}
+
+/* Keeps the log's lines up to step `upto` (those of an interrupted run past
+ * the checkpoint go), rewritten atomically. */
+static ap_status trim_log(ap_ctx *c, const char *path, int upto) {
+    size_t len = 0;
+    char *text = slurp_text(path, &len);
+    if (!text) return errno == ENOENT ? AP_OK : ap_seterr(c, AP_ERR_IO, "%s: cannot read", path);
+    ap_atomic_file af;
+    ap_status st = ap_atomic_open(c, path, &af);
+    if (st != AP_OK) {
+        free(text);
+        return st;
+    }
+    for (char *line = text; st == AP_OK && *line;) {
+        char *nl = strchr(line, '\n');
+        size_t n = nl ? (size_t)(nl - line + 1) : strlen(line);
+        int s = 0;
+        if (sscanf(line, "{\"step\": %d", &s) == 1 && s <= upto && nl && fwrite(line, 1, n, af.f) != n)
+            st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
+        line += n;
+    }
+    free(text);
+    if (st == AP_OK) return ap_atomic_commit(c, &af);
+    ap_atomic_abort(&af);
     return st;
 }
 
@@ -131,20 +441,25 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         ac.max_grad_norm = o->clip;
         st = params ? ap_adamw_create(c, &ac, np, params, &opt) : ap_seterr(c, AP_ERR_NOMEM, "out of memory");
     }
+    /* streams: initial noise, truncation plans, DDIM noise; prompts cycle in order */
+    ap_rng g_lat, g_trunc, g_noise;
+    ap_rng_init(&g_lat, o->seed);
+    ap_rng_init(&g_trunc, o->seed + 1);
+    ap_rng_init(&g_noise, o->seed + 2);
+    ap_rng *const gs[3] = {&g_lat, &g_trunc, &g_noise};
+    int64_t pos = 0;
+    int done = 0; /* steps already taken (from a checkpoint) */
+    if (st == AP_OK && o->resume) st = load_checkpoint(c, o, &done, &pos, gs, lora, opt);
     if (st == AP_OK) {
         snprintf(path, sizeof path, "%s/config.json", o->out_dir);
         st = write_config(c, o, path);
     }
     if (st == AP_OK) {
         snprintf(path, sizeof path, "%s/log.jsonl", o->out_dir);
-        log = fopen(path, "w");
-        if (!log) st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
+        if (o->resume) st = trim_log(c, path, done);
+        log = st == AP_OK ? fopen(path, o->resume ? "a" : "w") : NULL;
+        if (st == AP_OK && !log) st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
     }
-    /* streams: initial noise, truncation plans, DDIM noise; prompts cycle in order */
-    ap_rng g_lat, g_trunc, g_noise;
-    ap_rng_init(&g_lat, o->seed);
-    ap_rng_init(&g_trunc, o->seed + 1);
-    ap_rng_init(&g_noise, o->seed + 2);
     ap_grad_sample_opts so;
     ap_grad_sample_defaults(&so);
     so.steps = o->sample_steps;
@@ -152,9 +467,9 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
     so.eta = o->eta;
     so.trunc = o->trunc;
     int f = m ? 1 << (m->cfg.vae.levels - 1) : 1;
-    int64_t pos = 0;
     bool guided = o->cfg > 1.0f;
-    for (int step = 1; step <= o->steps && st == AP_OK; step++) {
+    bool stopped = false;
+    for (int step = done + 1; step <= o->steps && st == AP_OK && !stopped; step++) {
         double t0 = now_s();
         ap_mem_reset_peak(c);
         ap_adamw_zero_grad(opt);
@@ -199,6 +514,9 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
                 step, mean, sd, loss_sum, gnorm, o->lr, dt, n / dt, ap_mem_peak(c) / 1048576.0);
         fflush(log);
         if (o->progress) o->progress(o->progress_user, step, o->steps, mean);
+        stopped = o->stop && *o->stop;
+        if (stopped || step == o->steps || (o->save_every > 0 && step % o->save_every == 0))
+            st = save_checkpoint(c, o, step, pos, gs, lora, opt);
     }
     if (st == AP_OK) {
         snprintf(path, sizeof path, "%s/lora.safetensors", o->out_dir);

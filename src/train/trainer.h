@@ -7,6 +7,9 @@
 #include "train/lora.h"
 #include "train/truncation.h"
 
+#include <signal.h>
+#include <stdbool.h>
+
 typedef struct {
     const char *model;       /* model folder or file */
     const char *prompts;     /* file or builtin:NAME */
@@ -28,13 +31,25 @@ typedef struct {
     uint64_t seed;
     ap_dtype weights_dtype;  /* bf16 */
     ap_lora_format export_format; /* kohya */
+    int save_every;          /* checkpoint every N steps (50); 0: only at the end (and on stop) */
+    int keep_checkpoints;    /* complete checkpoints kept (3); 0 keeps all */
+    bool resume;             /* continue from out_dir's newest complete checkpoint */
+    /* Polled after every step (may be NULL): when it reads non-zero, the loop
+     * writes a checkpoint of the step just finished and returns AP_OK early.
+     * A signal handler may set it (a plain store is async-signal-safe). */
+    volatile sig_atomic_t *stop;
     void (*progress)(void *user, int step, int total, double reward_mean);
     void *progress_user;
 } ap_train_opts;
 
 void ap_train_defaults(ap_train_opts *o);
 /* Runs a whole training and writes the run directory: config.json, log.jsonl
- * (one line per step), lora.safetensors (the adapters), optimizer.safetensors. */
+ * (one line per step), lora.safetensors (the adapters), optimizer.safetensors,
+ * and checkpoints/step_NNNNNN/ (lora.safetensors in kohya form,
+ * optimizer.safetensors, state.json, DONE), each written in a .tmp directory,
+ * synced and renamed into place. With o->resume the newest complete
+ * checkpoint is loaded (its config must match: an error names the first
+ * field that differs) and the run continues bit for bit from there. */
 ap_status ap_train(ap_ctx *c, const ap_train_opts *o);
 
 #endif
