@@ -136,6 +136,11 @@ out=$($bin train --model "$tmp/m" --reward brightness --steps abc -o "$tmp/run2"
 check "train bad number exits 2" 2 $rc
 contains "train bad number named" "--steps abc" "$out"
 
+# a random truncation that can detach every step still trains (such chains add no gradient)
+out=$($bin train --model "$tmp/m" --reward brightness --steps 3 --sample-steps 2 --width 16 --height 16 \
+      --truncation rand-step:1:2 --weights-dtype f32 --out "$tmp/run_rs" 2>&1); rc=$?
+check "train with rand-step truncation exits 0" 0 $rc
+
 # lora mix: alpha 1 gives the first adapter, alpha 0 the second (same images through sample)
 $bin train --model "$tmp/m" --reward saturation --steps 2 --sample-steps 2 --width 16 --height 16 --weights-dtype f32 \
   --seed 2 --out "$tmp/run_s" > /dev/null 2>&1

@@ -488,7 +488,10 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
             if (img) r = ap_reward_mix_forward(c, mix, img, pb + (guided ? o->batch : 0), NULL);
             if (r) l = ap_reward_loss_apply(c, &loss, r);
             if (l) ls = ap_scale(c, l, (float)(o->loss_coeff / o->accum));
-            if (ls) ap_backward(c, ls, NULL);
+            /* a random plan (rand-step) can detach every step of a chain: then the
+             * chain contributes no gradient (AlignProp's original would stop with an
+             * error; a run should not) */
+            if (ls && ap_tensor_requires_grad(ls)) ap_backward(c, ls, NULL);
             if (r)
                 for (int i = 0; i < o->batch; i++) rvals[a * o->batch + i] = ((const float *)ap_tensor_cdata(r))[i];
             if (l) loss_sum += ((const float *)ap_tensor_cdata(l))[0] * o->loss_coeff / o->accum;
