@@ -136,6 +136,17 @@ out=$($bin train --model "$tmp/m" --reward brightness --steps abc -o "$tmp/run2"
 check "train bad number exits 2" 2 $rc
 contains "train bad number named" "--steps abc" "$out"
 
+# evaluation during training: before, every N steps and at the end, with grids
+printf 'a red circle\na blue square\n' > "$tmp/evalp.txt"
+out=$($bin train --model "$tmp/m" --reward brightness --steps 3 --sample-steps 2 --width 16 --height 16 \
+      --weights-dtype f32 --eval-prompts "$tmp/evalp.txt" --eval-every 2 --eval-per-prompt 2 --out "$tmp/run_e" 2>&1); rc=$?
+check "train with evaluation exits 0" 0 $rc
+check "eval.jsonl has steps 0, 2 and 3" "0 2 3" "$(sed -E 's/^\{"step": ([0-9]+).*/\1/' "$tmp/run_e/eval.jsonl" | tr '\n' ' ' | sed 's/ $//')"
+for s in 000000 000002 000003; do
+  [ -s "$tmp/run_e/eval/step_$s.png" ] || { echo "FAIL no eval grid for step $s"; fail=1; }
+done
+contains "eval lines count 4 images" '"images": 4' "$(head -1 "$tmp/run_e/eval.jsonl")"
+
 # a random truncation that can detach every step still trains (such chains add no gradient)
 out=$($bin train --model "$tmp/m" --reward brightness --steps 3 --sample-steps 2 --width 16 --height 16 \
       --truncation rand-step:1:2 --weights-dtype f32 --out "$tmp/run_rs" 2>&1); rc=$?

@@ -18,6 +18,8 @@ static int usage(void) {
             "  --prompts SRC          prompt file (one per line) or builtin:simple_animals (default),\n"
             "                         builtin:hps_v2_all, builtin:eval_simple_animals, builtin:hps_v2_all_eval\n"
             "  --negative TEXT        negative prompt (empty)\n"
+            "  --eval-prompts SRC     evaluate on this prompt set before training, every --eval-every N steps\n"
+            "                         and at the end (eval.jsonl, eval/step_N.png); --eval-per-prompt K seeds (1)\n"
             "  --steps N              optimizer steps (100)\n"
             "  --batch-size N         images per chain (1)\n"
             "  --grad-accum N         chains per optimizer step (1)\n"
@@ -85,6 +87,9 @@ int ap_cli_train(int argc, char **argv) {
         else if (!strcmp(a, "--reward")) o.reward = val;
         else if (!strcmp(a, "--loss")) o.loss = val;
         else if (!strcmp(a, "--prompts")) o.prompts = val;
+        else if (!strcmp(a, "--eval-prompts")) o.eval_prompts = val;
+        else if (!strcmp(a, "--eval-every")) { if (num(a, val, 0, 1e7, &v)) return 2; o.eval_every = (int)v; }
+        else if (!strcmp(a, "--eval-per-prompt")) { if (num(a, val, 1, 1024, &v)) return 2; o.eval_per_prompt = (int)v; }
         else if (!strcmp(a, "--negative")) o.negative = val;
         else if (!strcmp(a, "-o") || !strcmp(a, "--out") || !strcmp(a, "--output")) o.out_dir = val;
         else if (!strcmp(a, "--truncation")) trunc = val;

@@ -4,6 +4,7 @@
 #include "core/internal.h"
 #include "diffusion/rng.h"
 #include "io/atomic.h"
+#include "io/image.h"
 #include "io/json.h"
 #include "pipeline/txt2img.h"
 #include "rewards/reward.h"
@@ -44,6 +45,7 @@ void ap_train_defaults(ap_train_opts *o) {
     o->weights_dtype = AP_BF16;
     o->export_format = AP_LORA_KOHYA;
     o->save_every = 50;
+    o->eval_per_prompt = 1;
     o->keep_checkpoints = 3;
 }
 
@@ -402,6 +404,63 @@ static ap_status trim_log(ap_ctx *c, const char *path, int upto) {
     return st;
 }
 
+/* Evaluation: every prompt of the evaluation set with seeds 0..N-1, sampled
+ * without gradient by the current adapters (the same images at every
+ * evaluation, so the rewards compare); one line in eval.jsonl and a grid
+ * eval/step_NNNNNN.png (a row per prompt). Uses no training stream, so resume
+ * stays bit-exact. */
+static ap_status evaluate(ap_ctx *c, const ap_train_opts *o, ap_sd_model *m, ap_reward_mix *mix, const ap_prompts *ep,
+                          int step, FILE *elog) {
+    char dir[4096], grid[4200];
+    snprintf(dir, sizeof dir, "%s/eval", o->out_dir);
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return ap_seterr(c, AP_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
+    snprintf(grid, sizeof grid, "%s/step_%06d.png", dir, step);
+    int prev = ap_set_grad_enabled(c, 0);
+    ap_txt2img_opts to;
+    ap_txt2img_defaults(&to);
+    to.negative = o->negative;
+    to.steps = o->sample_steps;
+    to.cfg = o->cfg;
+    to.width = o->width;
+    to.height = o->height;
+    double sum = 0, sum2 = 0;
+    int n = 0;
+    ap_tensor *all = NULL;
+    for (int p = 0; p < ep->n && !ap_failed(c); p++)
+        for (int k = 0; k < o->eval_per_prompt && !ap_failed(c); k++) {
+            to.prompt = ep->text[p];
+            to.seed = (uint64_t)k;
+            ap_tensor *img = NULL;
+            if (ap_txt2img(c, m, &to, &img) != AP_OK) break;
+            const char *pp[1] = {ep->text[p]};
+            ap_tensor *r = ap_reward_mix_forward(c, mix, img, pp, NULL);
+            if (r) {
+                double v = ((const float *)ap_tensor_cdata(r))[0];
+                sum += v, sum2 += v * v, n++;
+            }
+            ap_tensor *cat = all ? ap_concat_batch(c, all, img) : ap_tensor_retain(img);
+            ap_tensor_release(all);
+            all = cat;
+            ap_tensor_release(img);
+            ap_tensor_release(r);
+        }
+    ap_set_grad_enabled(c, prev);
+    if (!ap_failed(c) && all) {
+        char stepbuf[32];
+        snprintf(stepbuf, sizeof stepbuf, "%d", step);
+        const char *keys[] = {"step", "reward"}, *vals[] = {stepbuf, o->reward};
+        ap_png_write_grid(c, grid, all, o->eval_per_prompt, 2, keys, vals);
+    }
+    ap_tensor_release(all);
+    if (ap_failed(c)) return c->status;
+    double mean = n ? sum / n : 0, sd = n > 1 ? sqrt(fmax(0, (sum2 - n * mean * mean) / (n - 1))) : 0;
+    fprintf(elog, "{\"step\": %d, \"reward_mean\": %.6g, \"reward_std\": %.6g, \"images\": %d, \"grid\": \"eval/step_%06d.png\"}\n",
+            step, mean, sd, n, step);
+    fflush(elog);
+    return AP_OK;
+}
+
 ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
     if (ap_failed(c)) return c->status;
     if (o->steps < 1 || o->batch < 1 || o->accum < 1 || o->sample_steps < 1 || o->rank < 1)
@@ -416,7 +475,8 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
     ap_lora_set *lora = NULL;
     ap_adamw *opt = NULL;
     ap_tensor **params = NULL;
-    FILE *log = NULL;
+    FILE *log = NULL, *elog = NULL;
+    ap_prompts eprompts = {0};
     float *rvals = malloc(sizeof(float) * (size_t)(o->batch * o->accum));
     const char **pb = malloc(sizeof(char *) * (size_t)(2 * o->batch));
     if (!rvals || !pb) {
@@ -459,6 +519,14 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         if (o->resume) st = trim_log(c, path, done);
         log = st == AP_OK ? fopen(path, o->resume ? "a" : "w") : NULL;
         if (st == AP_OK && !log) st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
+    }
+    if (st == AP_OK && o->eval_prompts) {
+        st = ap_prompts_load(c, o->eval_prompts, &eprompts);
+        snprintf(path, sizeof path, "%s/eval.jsonl", o->out_dir);
+        if (st == AP_OK && o->resume) st = trim_log(c, path, done);
+        elog = st == AP_OK ? fopen(path, o->resume ? "a" : "w") : NULL;
+        if (st == AP_OK && !elog) st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
+        if (st == AP_OK && done == 0) st = evaluate(c, o, m, mix, &eprompts, 0, elog);
     }
     ap_grad_sample_opts so;
     ap_grad_sample_defaults(&so);
@@ -518,7 +586,9 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         fflush(log);
         if (o->progress) o->progress(o->progress_user, step, o->steps, mean);
         stopped = o->stop && *o->stop;
-        if (stopped || step == o->steps || (o->save_every > 0 && step % o->save_every == 0))
+        if (elog && !stopped && (step == o->steps || (o->eval_every > 0 && step % o->eval_every == 0)))
+            st = evaluate(c, o, m, mix, &eprompts, step, elog);
+        if (st == AP_OK && (stopped || step == o->steps || (o->save_every > 0 && step % o->save_every == 0)))
             st = save_checkpoint(c, o, step, pos, gs, lora, opt);
     }
     if (st == AP_OK) {
@@ -530,6 +600,8 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         st = ap_adamw_save(opt, path);
     }
     if (log) fclose(log);
+    if (elog) fclose(elog);
+    ap_prompts_free(&eprompts);
     ap_adamw_free(opt);
     free(params);
     ap_lora_free(lora);

@@ -31,6 +31,9 @@ typedef struct {
     uint64_t seed;
     ap_dtype weights_dtype;  /* bf16 */
     ap_lora_format export_format; /* kohya */
+    const char *eval_prompts; /* evaluation prompt set (file or builtin:NAME); NULL: no evaluation */
+    int eval_every;          /* evaluate before training, every N steps and at the end (0: only before and at the end) */
+    int eval_per_prompt;     /* images per evaluation prompt, seeds 0..N-1 (1) */
     int save_every;          /* checkpoint every N steps (50); 0: only at the end (and on stop) */
     int keep_checkpoints;    /* complete checkpoints kept (3); 0 keeps all */
     bool resume;             /* continue from out_dir's newest complete checkpoint */
