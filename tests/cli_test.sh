@@ -146,6 +146,12 @@ for s in 000000 000002 000003; do
   [ -s "$tmp/run_e/eval/step_$s.png" ] || { echo "FAIL no eval grid for step $s"; fail=1; }
 done
 contains "eval lines count 4 images" '"images": 4' "$(head -1 "$tmp/run_e/eval.jsonl")"
+[ -s "$tmp/run_e/report.html" ] || { echo "FAIL train wrote no report.html"; fail=1; }
+rep=$(cat "$tmp/run_e/report.html")
+contains "report names the reward change" "Evaluation reward:" "$rep"
+contains "report has the curves" "<polyline" "$rep"
+check "report embeds the 3 evaluation grids" 3 "$(grep -o 'data:image/png;base64,iVBOR' "$tmp/run_e/report.html" | wc -l)"
+grep -q 'src="http\|href="http' "$tmp/run_e/report.html" && { echo "FAIL report refers to the network"; fail=1; }
 
 # a random truncation that can detach every step still trains (such chains add no gradient)
 out=$($bin train --model "$tmp/m" --reward brightness --steps 3 --sample-steps 2 --width 16 --height 16 \

@@ -10,6 +10,7 @@
 #include "rewards/reward.h"
 #include "train/optim.h"
 #include "train/prompts.h"
+#include "train/report.h"
 #include "train/sample_grad.h"
 
 #include <dirent.h>
@@ -588,6 +589,8 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         stopped = o->stop && *o->stop;
         if (elog && !stopped && (step == o->steps || (o->eval_every > 0 && step % o->eval_every == 0)))
             st = evaluate(c, o, m, mix, &eprompts, step, elog);
+        if (st == AP_OK && elog && o->eval_every > 0 && step % o->eval_every == 0)
+            st = ap_report_write(c, o->out_dir); /* watchable while training runs */
         if (st == AP_OK && (stopped || step == o->steps || (o->save_every > 0 && step % o->save_every == 0)))
             st = save_checkpoint(c, o, step, pos, gs, lora, opt);
     }
@@ -595,6 +598,9 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         snprintf(path, sizeof path, "%s/lora.safetensors", o->out_dir);
         st = ap_lora_save(c, lora, path, o->export_format);
     }
+    if (log) fflush(log);
+    if (elog) fflush(elog);
+    if (st == AP_OK) st = ap_report_write(c, o->out_dir);
     if (st == AP_OK) {
         snprintf(path, sizeof path, "%s/optimizer.safetensors", o->out_dir);
         st = ap_adamw_save(opt, path);
