@@ -64,3 +64,59 @@ ap_status ap_atomic_commit(ap_ctx *c, ap_atomic_file *af) {
     ap_atomic_abort(af);
     return AP_OK;
 }
+
+ap_status ap_write_file(ap_ctx *c, const char *path, const void *data, size_t n) {
+    ap_atomic_file af;
+    ap_status st = ap_atomic_open(c, path, &af);
+    if (st != AP_OK) return st;
+    if (n && fwrite(data, 1, n, af.f) != n) {
+        ap_atomic_abort(&af);
+        return ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
+    }
+    return ap_atomic_commit(c, &af);
+}
+
+char *ap_read_file(ap_ctx *c, const char *path, size_t max, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        ap_seterr(c, AP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *buf = NULL;
+    size_t cap = 0, n = 0, r;
+    do { /* grows as it reads: works for pipes and files that change size */
+        if (n == cap) {
+            if (cap >= max) {
+                free(buf);
+                fclose(f);
+                ap_seterr(c, AP_ERR_IO, "%s: larger than %zu bytes", path, max);
+                return NULL;
+            }
+            cap = cap ? (2 * cap < max ? 2 * cap : max) : (65536 < max ? 65536 : max);
+            char *t = realloc(buf, cap + 1);
+            if (!t) {
+                free(buf);
+                fclose(f);
+                ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory", path);
+                return NULL;
+            }
+            buf = t;
+        }
+        r = fread(buf + n, 1, cap - n, f);
+        n += r;
+    } while (r > 0);
+    bool bad = ferror(f);
+    fclose(f);
+    if (bad) {
+        free(buf);
+        ap_seterr(c, AP_ERR_IO, "%s: cannot read", path);
+        return NULL;
+    }
+    if (!buf && !(buf = malloc(1))) {
+        ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory", path);
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}

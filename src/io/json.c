@@ -1,6 +1,9 @@
 /* JSON over cJSON (see json.h for what is checked beyond cJSON). */
 #include "io/json.h"
 
+#include "core/internal.h"
+#include "io/atomic.h"
+
 #include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <math.h>
@@ -258,4 +261,23 @@ char *ap_json_print(const ap_json *j, bool pretty) {
 
 void ap_json_free_str(char *s) {
     if (s) cJSON_free(s);
+}
+
+ap_json *ap_json_load(ap_ctx *c, const char *path) {
+    size_t n = 0;
+    char *t = ap_read_file(c, path, (size_t)64 << 20, &n);
+    if (!t) return NULL;
+    char err[256];
+    ap_json *j = ap_json_parse(t, n, err, sizeof err);
+    free(t);
+    if (!j) ap_seterr(c, AP_ERR_FORMAT, "%s: bad JSON: %s", path, err);
+    return j;
+}
+
+ap_status ap_json_save(ap_ctx *c, const char *path, const ap_json *j, bool pretty) {
+    char *s = j ? ap_json_print(j, pretty) : NULL;
+    if (!s) return ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory", path);
+    ap_status st = ap_write_file(c, path, s, strlen(s));
+    ap_json_free_str(s);
+    return st;
 }

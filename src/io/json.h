@@ -17,6 +17,8 @@
 #ifndef AP_IO_JSON_H
 #define AP_IO_JSON_H
 
+#include "alignprop.h"
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -88,5 +90,10 @@ bool ap_json_add_bool(ap_json *obj, const char *key, bool v);
  * or NULL when out of memory. */
 char *ap_json_print(const ap_json *j, bool pretty);
 void ap_json_free_str(char *s);
+
+/* Reads and parses a JSON file (an error names the file and the place), and
+ * prints j to a file atomically. */
+ap_json *ap_json_load(ap_ctx *c, const char *path);
+ap_status ap_json_save(ap_ctx *c, const char *path, const ap_json *j, bool pretty);
 
 #endif

@@ -304,20 +304,10 @@ static ap_status mkdir_p(ap_ctx *c, const char *dir) {
     return AP_OK;
 }
 
-static ap_status write_text(ap_ctx *c, const char *path, const char *text) {
-    ap_atomic_file af;
-    ap_status st = ap_atomic_open(c, path, &af);
-    if (st != AP_OK) return st;
-    fputs(text, af.f);
-    return ap_atomic_commit(c, &af);
-}
-
+/* Prints and frees j (the builders above hand over new trees). */
 static ap_status write_json(ap_ctx *c, const char *path, ap_json *j) {
-    char *s = j ? ap_json_print(j, true) : NULL;
+    ap_status st = ap_json_save(c, path, j, true);
     ap_json_free(j);
-    if (!s) return ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory", path);
-    ap_status st = write_text(c, path, s);
-    ap_json_free_str(s);
     return st;
 }
 
@@ -528,43 +518,12 @@ ap_status ap_sd_save_ldm(ap_ctx *c, const ap_sd_model *m, const char *path) {
 }
 
 /* ------------------------------------------------------------ loading */
-static char *read_text(ap_ctx *c, const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        ap_seterr(c, AP_ERR_NOT_FOUND, "%s: cannot open", path);
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = (n >= 0 && n < (64 << 20)) ? malloc((size_t)n + 1) : NULL;
-    if (!b || fread(b, 1, (size_t)n, f) != (size_t)n) {
-        free(b);
-        fclose(f);
-        ap_seterr(c, AP_ERR_IO, "%s: cannot read", path);
-        return NULL;
-    }
-    b[n] = 0;
-    fclose(f);
-    return b;
-}
-
-static ap_json *read_json(ap_ctx *c, const char *path) {
-    char *t = read_text(c, path);
-    if (!t) return NULL;
-    char err[256];
-    ap_json *j = ap_json_parse(t, strlen(t), err, sizeof err);
-    free(t);
-    if (!j) ap_seterr(c, AP_ERR_FORMAT, "%s: bad JSON: %s", path, err);
-    return j;
-}
-
 /* diffusers config.json files -> our config */
 static ap_status config_from_diffusers(ap_ctx *c, const char *dir, ap_sd_config *cfg) {
     char p[4096];
     memset(cfg, 0, sizeof *cfg);
     snprintf(p, sizeof p, "%s/unet/config.json", dir);
-    ap_json *u = read_json(c, p);
+    ap_json *u = ap_json_load(c, p);
     if (!u) return c->status;
     jctx jc = {c, p, AP_OK};
     ap_unet_config *uc = &cfg->unet;
@@ -591,7 +550,7 @@ static ap_status config_from_diffusers(ap_ctx *c, const char *dir, ap_sd_config 
     if (jc.st != AP_OK) return jc.st;
 
     snprintf(p, sizeof p, "%s/vae/config.json", dir);
-    ap_json *v = read_json(c, p);
+    ap_json *v = ap_json_load(c, p);
     if (!v) return c->status;
     jc.where = p;
     ap_vae_config *vc = &cfg->vae;
@@ -606,7 +565,7 @@ static ap_status config_from_diffusers(ap_ctx *c, const char *dir, ap_sd_config 
     if (jc.st != AP_OK) return jc.st;
 
     snprintf(p, sizeof p, "%s/text_encoder/config.json", dir);
-    ap_json *t = read_json(c, p);
+    ap_json *t = ap_json_load(c, p);
     if (!t) return c->status;
     text_config_parse(&jc, t, false, &cfg->text);
     ap_json_free(t);

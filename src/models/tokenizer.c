@@ -1459,19 +1459,11 @@ ap_status ap_tokenizer_save_hf(ap_ctx *c, const ap_tokenizer *t, const char *dir
         const char *s = ap_tokenizer_token(t, id);
         if (s) ok = ap_json_add_int(vocab, s, id);
     }
-    char *text = ok ? ap_json_print(vocab, false) : NULL;
+    snprintf(path, sizeof path, "%s/vocab.json", dir);
+    ap_status st = ok ? ap_json_save(c, path, vocab, false)
+                      : ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory writing the tokenizer", dir);
     ap_json_free(vocab);
-    ap_status st = text ? AP_OK : ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory writing the tokenizer", dir);
     ap_atomic_file af;
-    if (st == AP_OK) {
-        snprintf(path, sizeof path, "%s/vocab.json", dir);
-        st = ap_atomic_open(c, path, &af);
-        if (st == AP_OK) {
-            fputs(text, af.f);
-            st = ap_atomic_commit(c, &af);
-        }
-    }
-    ap_json_free_str(text);
     if (st == AP_OK) {
         snprintf(path, sizeof path, "%s/merges.txt", dir);
         st = ap_atomic_open(c, path, &af);

@@ -2,6 +2,7 @@
 #include "prompts.h"
 
 #include "core/internal.h"
+#include "io/atomic.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -72,19 +73,10 @@ ap_status ap_prompts_load(ap_ctx *c, const char *source, ap_prompts *out) {
                          "%s: no such bundled prompt set (simple_animals, eval_simple_animals, hps_v2_all, "
                          "hps_v2_all_eval)", source);
     }
-    FILE *f = fopen(source, "rb");
-    if (!f) return ap_seterr(c, AP_ERR_IO, "%s: cannot open the prompt file", source);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = (n >= 0 && n < (256 << 20)) ? malloc((size_t)n + 1) : NULL;
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        free(buf);
-        fclose(f);
-        return ap_seterr(c, AP_ERR_IO, "%s: cannot read the prompt file", source);
-    }
-    fclose(f);
-    ap_status st = parse(c, source, buf, (size_t)n, out);
+    size_t n = 0;
+    char *buf = ap_read_file(c, source, (size_t)256 << 20, &n);
+    if (!buf) return c->status;
+    ap_status st = parse(c, source, buf, n, out);
     free(buf);
     return st;
 }

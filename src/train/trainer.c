@@ -95,15 +95,10 @@ static ap_json *config_json(ap_ctx *c, const ap_train_opts *o) {
     return j;
 }
 
-static ap_status write_text_atomic(ap_ctx *c, const char *path, const char *text);
-
 static ap_status write_config(ap_ctx *c, const ap_train_opts *o, const char *path) {
     ap_json *j = config_json(c, o);
-    char *s = j ? ap_json_print(j, true) : NULL;
+    ap_status st = ap_json_save(c, path, j, true);
     ap_json_free(j);
-    if (!s) return ap_seterr(c, AP_ERR_NOMEM, "out of memory");
-    ap_status st = write_text_atomic(c, path, s);
-    ap_json_free_str(s);
     return st;
 }
 
@@ -215,17 +210,6 @@ static bool hex_decode(const char *s, uint8_t *out, size_t n) {
 
 static const char *const RNG_KEYS[3] = {"rng_latents", "rng_truncation", "rng_noise"};
 
-static ap_status write_text_atomic(ap_ctx *c, const char *path, const char *text) {
-    ap_atomic_file af;
-    ap_status st = ap_atomic_open(c, path, &af);
-    if (st != AP_OK) return st;
-    if (fputs(text, af.f) < 0) {
-        ap_atomic_abort(&af);
-        return ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
-    }
-    return ap_atomic_commit(c, &af);
-}
-
 /* Writes RUNDIR/checkpoints/step_NNNNNN/ through a .tmp directory, then keeps
  * the newest o->keep_checkpoints complete ones. */
 static ap_status save_checkpoint(ap_ctx *c, const ap_train_opts *o, int step, int64_t pos, ap_rng *const g[3],
@@ -257,18 +241,13 @@ static ap_status save_checkpoint(ap_ctx *c, const ap_train_opts *o, int step, in
         }
         ok = ok && ap_json_add(j, "config", cj);
         if (!ok) ap_json_free(cj);
-        char *s = ok ? ap_json_print(j, true) : NULL;
+        snprintf(p, sizeof p, "%s/state.json", tmp);
+        st = ok ? ap_json_save(c, p, j, true) : ap_seterr(c, AP_ERR_NOMEM, "out of memory");
         ap_json_free(j);
-        if (!s) st = ap_seterr(c, AP_ERR_NOMEM, "out of memory");
-        else {
-            snprintf(p, sizeof p, "%s/state.json", tmp);
-            st = write_text_atomic(c, p, s);
-            ap_json_free_str(s);
-        }
     }
     if (st == AP_OK) {
         snprintf(p, sizeof p, "%s/DONE", tmp);
-        st = write_text_atomic(c, p, "complete\n");
+        st = ap_write_file(c, p, "complete\n", 9);
     }
     /* a leftover final directory can only be an incomplete one from a crashed run */
     if (st == AP_OK && (fsync_path(tmp) != 0 || rm_tree(fin) != 0 || rename(tmp, fin) != 0 || fsync_path(dir) != 0))
@@ -289,31 +268,6 @@ static ap_status save_checkpoint(ap_ctx *c, const ap_train_opts *o, int step, in
     return AP_OK;
 }
 
-static char *slurp_text(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL;
-    size_t cap = 0, n = 0, r;
-    do {
-        if (n + 65536 > cap) {
-            cap = cap ? 2 * cap : 65536;
-            char *t = realloc(buf, cap + 1);
-            if (!t) {
-                free(buf);
-                fclose(f);
-                return NULL;
-            }
-            buf = t;
-        }
-        r = fread(buf + n, 1, cap - n, f);
-        n += r;
-    } while (r > 0);
-    fclose(f);
-    buf[n] = 0;
-    *len = n;
-    return buf;
-}
-
 /* Loads the newest complete checkpoint of o->out_dir: adapters, optimizer,
  * the three streams and the prompt position; *step receives its step. */
 static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, int64_t *pos, ap_rng *const g[3],
@@ -327,13 +281,8 @@ static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, i
     int64_t s = steps[n - 1];
     free(steps);
     snprintf(p, sizeof p, "%s/step_%06lld/state.json", dir, (long long)s);
-    size_t len = 0;
-    char *text = slurp_text(p, &len);
-    if (!text) return ap_seterr(c, AP_ERR_IO, "%s: cannot read", p);
-    char err[128];
-    ap_json *j = ap_json_parse(text, len, err, sizeof err);
-    free(text);
-    if (!j) return ap_seterr(c, AP_ERR_FORMAT, "%s: %s", p, err);
+    ap_json *j = ap_json_load(c, p);
+    if (!j) return c->status;
     ap_status st = AP_OK;
     int64_t js = 0, jp = 0;
     const ap_json *saved = ap_json_get(j, "config");
@@ -382,9 +331,10 @@ static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, i
 /* Keeps the log's lines up to step `upto` (those of an interrupted run past
  * the checkpoint go), rewritten atomically. */
 static ap_status trim_log(ap_ctx *c, const char *path, int upto) {
+    if (access(path, F_OK) != 0) return AP_OK; /* nothing logged yet */
     size_t len = 0;
-    char *text = slurp_text(path, &len);
-    if (!text) return errno == ENOENT ? AP_OK : ap_seterr(c, AP_ERR_IO, "%s: cannot read", path);
+    char *text = ap_read_file(c, path, (size_t)1 << 30, &len);
+    if (!text) return c->status;
     ap_atomic_file af;
     ap_status st = ap_atomic_open(c, path, &af);
     if (st != AP_OK) {
