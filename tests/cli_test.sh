@@ -126,6 +126,9 @@ out=$($bin sample --model "$tmp/m" --prompt "a cat" --steps 2 --width 16 --heigh
       -o "$tmp/l.png" 2>&1); rc=$?
 check "sample with the trained LoRA exits 0" 0 $rc
 contains "sample merged the trained LoRA" "kohya keys): 32 modules" "$out"
+out=$($bin sample --model "$tmp/m" --prompt "a cat" --steps 2 --width 16 --height 16 --lora "$tmp/run/lora.safetensors:0.5" \
+      -o "$tmp/l.png" 2>&1)
+contains "--lora FILE:SCALE takes the strength" "strength 0.5" "$out"
 out=$($bin train --model "$tmp/m" --reward brightnes -o "$tmp/run2" 2>&1); rc=$?
 check "train unknown reward exits 1" 1 $rc
 contains "train unknown reward named" "brightnes" "$out"

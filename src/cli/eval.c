@@ -75,16 +75,7 @@ int ap_cli_eval(int argc, char **argv) {
         goto done;
     for (int i = 0; i < n_lora; i++) {
         ap_lora_merge_info li;
-        char file[4096];
-        snprintf(file, sizeof file, "%s", loras[i]);
-        float strength = 1.0f;
-        char *colon = strrchr(file, ':');
-        if (colon) {
-            char *end;
-            double v = strtod(colon + 1, &end);
-            if (!*end && end != colon + 1) strength = (float)v, *colon = 0;
-        }
-        if (ap_lora_merge_file(c, m, file, strength, &li) != AP_OK) goto done;
+        if (ap_lora_merge_spec(c, m, loras[i], &li) != AP_OK) goto done;
     }
     int total = ps.n * per;
     double sum = 0, sum2 = 0;

@@ -128,31 +128,15 @@ int ap_cli_sample(int argc, char **argv) {
         return 1;
     }
     for (int i = 0; i < n_lora; i++) {
-        char file[4096];
-        float strength = 1.0f;
-        snprintf(file, sizeof file, "%s", loras[i]);
-        char *colon = strrchr(file, ':');
-        if (colon) {
-            char *end;
-            double v = strtod(colon + 1, &end);
-            if (*end || end == colon + 1) {
-                fprintf(stderr, "alignprop sample: --lora %s: the strength after ':' must be a number\n", loras[i]);
-                ap_sd_free(m);
-                ap_ctx_free(c);
-                return 2;
-            }
-            strength = (float)v;
-            *colon = 0;
-        }
         ap_lora_merge_info li;
-        if (ap_lora_merge_file(c, m, file, strength, &li) != AP_OK) {
+        if (ap_lora_merge_spec(c, m, loras[i], &li) != AP_OK) {
             fprintf(stderr, "alignprop sample: %s\n", ap_last_error(c));
             ap_sd_free(m);
             ap_ctx_free(c);
             return 1;
         }
-        fprintf(stderr, "merged %s (%s keys): %d modules, strength %g%s\n", file, li.format, li.modules, strength,
-                li.unused_keys ? " (some LoRA keys matched no module)" : "");
+        fprintf(stderr, "merged %s (%s keys): %d modules, strength %g%s\n", loras[i], li.format, li.modules,
+                li.strength, li.unused_keys ? " (some LoRA keys matched no module)" : "");
     }
     double t1 = ap_now();
     size_t weights = ap_mem_in_use(c); /* the model's tensors; what sampling adds is activations */

@@ -88,6 +88,7 @@ static bool is_lora_key(const char *s) {
 
 ap_status ap_lora_merge_file(ap_ctx *c, ap_sd_model *m, const char *path, float strength, ap_lora_merge_info *info) {
     memset(info, 0, sizeof *info);
+    info->strength = strength;
     if (ap_failed(c)) return c->status;
     ap_weights *w = NULL;
     if (ap_weights_open(c, path, &w) != AP_OK) return c->status;
@@ -178,4 +179,20 @@ ap_status ap_lora_merge_file(ap_ctx *c, ap_sd_model *m, const char *path, float 
     ap_name_table_free(tab);
     ap_weights_close(w);
     return ap_failed(c) ? c->status : st;
+}
+
+ap_status ap_lora_merge_spec(ap_ctx *c, ap_sd_model *m, const char *spec, ap_lora_merge_info *info) {
+    char file[4096];
+    float strength = 1.0f;
+    snprintf(file, sizeof file, "%s", spec);
+    char *colon = strrchr(file, ':');
+    if (colon) {
+        char *end;
+        double v = strtod(colon + 1, &end);
+        if (!*end && end != colon + 1 && isfinite(v)) {
+            strength = (float)v;
+            *colon = 0;
+        }
+    }
+    return ap_lora_merge_file(c, m, file, strength, info);
 }

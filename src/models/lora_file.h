@@ -6,6 +6,7 @@
 #include "models/sd.h"
 
 typedef struct {
+    float strength;  /* the strength used */
     int modules;     /* modules merged */
     int unused_keys; /* lora tensors in the file that matched no module */
     const char *format; /* "kohya", "diffusers", "diffusers-attn-procs", "peft" */
@@ -17,5 +18,8 @@ typedef struct {
  * <attn>.processor.to_q_lora.down/up), peft ([unet.|base_model.model.]<path>.lora_A/lora_B).
  * A file in which no key matches a module is an error. */
 ap_status ap_lora_merge_file(ap_ctx *c, ap_sd_model *m, const char *path, float strength, ap_lora_merge_info *info);
+/* The command-line form "FILE[:STRENGTH]": when what follows the last ':' is a
+ * number it is the strength (default 1), otherwise the whole text is the file. */
+ap_status ap_lora_merge_spec(ap_ctx *c, ap_sd_model *m, const char *spec, ap_lora_merge_info *info);
 
 #endif
