@@ -137,6 +137,13 @@ int main(void) {
     CHECK(!keep[1] && keep[2] && keep[3]);
     CHECK(ap_trunc_parse(c, "gaussian:2:0", &p) == AP_OK && ap_trunc_plan(c, &p, 4, &g, keep) == AP_OK);
     CHECK(!keep[1] && keep[2]);
+    /* specs print back to themselves */
+    const char *good[] = {"fixed:3", "rand-step:0:50", "rand:2:7", "gaussian:10:2.5", "full"};
+    for (int i = 0; i < 5; i++) {
+        char buf[64];
+        CHECK(ap_trunc_parse(c, good[i], &p) == AP_OK);
+        CHECK_MSG(!strcmp(ap_trunc_str(&p, buf, sizeof buf), good[i]), "%s printed as %s", good[i], buf);
+    }
     const char *bad[] = {"fixed:0", "rand:3:2", "gaussian:1", "sometimes", "fixed:2x", "rand-step:-1:3"};
     for (int i = 0; i < 6; i++) {
         CHECK_MSG(ap_trunc_parse(c, bad[i], &p) == AP_ERR_INVALID_ARG && strstr(ap_last_error(c), bad[i]), "%s", bad[i]);

@@ -71,14 +71,7 @@ static ap_json *config_json(ap_ctx *c, const ap_train_opts *o) {
     ap_json_add_int(j, "sample_steps", o->sample_steps);
     ap_json_add_num(j, "cfg", o->cfg);
     ap_json_add_num(j, "eta", o->eta);
-    switch (o->trunc.kind) {
-    case AP_TRUNC_FIXED: snprintf(buf, sizeof buf, "fixed:%d", o->trunc.k); break;
-    case AP_TRUNC_RAND_STEP: snprintf(buf, sizeof buf, "rand-step:%d:%d", o->trunc.lo, o->trunc.hi); break;
-    case AP_TRUNC_RAND: snprintf(buf, sizeof buf, "rand:%d:%d", o->trunc.lo, o->trunc.hi); break;
-    case AP_TRUNC_GAUSSIAN: snprintf(buf, sizeof buf, "gaussian:%g:%g", o->trunc.mean, o->trunc.std); break;
-    default: snprintf(buf, sizeof buf, "full"); break;
-    }
-    ap_json_add_str(j, "truncation", buf);
+    ap_json_add_str(j, "truncation", ap_trunc_str(&o->trunc, buf, sizeof buf));
     ap_json_add_int(j, "width", o->width);
     ap_json_add_int(j, "height", o->height);
     ap_json_add_int(j, "lora_rank", o->rank);

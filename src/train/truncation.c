@@ -90,3 +90,14 @@ ap_status ap_trunc_plan(ap_ctx *c, const ap_trunc_policy *p, int steps, ap_rng *
     for (int i = 0; i < steps; i++) keep[i] = i >= steps - K;
     return AP_OK;
 }
+
+const char *ap_trunc_str(const ap_trunc_policy *p, char *buf, size_t n) {
+    switch (p->kind) {
+    case AP_TRUNC_FIXED: snprintf(buf, n, "fixed:%d", p->k); break;
+    case AP_TRUNC_RAND_STEP: snprintf(buf, n, "rand-step:%d:%d", p->lo, p->hi); break;
+    case AP_TRUNC_RAND: snprintf(buf, n, "rand:%d:%d", p->lo, p->hi); break;
+    case AP_TRUNC_GAUSSIAN: snprintf(buf, n, "gaussian:%.9g:%.9g", p->mean, p->std); break;
+    default: snprintf(buf, n, "full"); break;
+    }
+    return buf;
+}

@@ -25,6 +25,8 @@ typedef struct {
 
 /* Parses "fixed:K", "rand-step:MIN:MAX", "rand:MIN:MAX", "gaussian:MEAN:STD", "full". */
 ap_status ap_trunc_parse(ap_ctx *c, const char *spec, ap_trunc_policy *out);
+/* The spec of p, as ap_trunc_parse reads it, into buf. */
+const char *ap_trunc_str(const ap_trunc_policy *p, char *buf, size_t n);
 /* keep[i] for steps i = 0..steps-1 (0 = the first, noisiest step), drawing what
  * the policy needs from g (uniform draws, deterministic in the stream). */
 ap_status ap_trunc_plan(ap_ctx *c, const ap_trunc_policy *p, int steps, ap_rng *g, bool *keep);
