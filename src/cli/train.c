@@ -30,6 +30,8 @@ static int usage(void) {
             "  --width W --height H   image size (512)\n"
             "  --lora-rank R --alpha A  LoRA rank (4) and alpha (rank)\n"
             "  --lr X --weight-decay X --clip X --loss-coeff X   (1e-3, 1e-4, 1.0, 0.01)\n"
+            "  --lr-schedule S        constant (default) | linear | cosine, after --warmup-steps N (0)\n"
+            "  --init-lora FILE       start from these adapters (kohya, diffusers or peft; same rank)\n"
             "  --seed N               (0)\n"
             "  --weights-dtype D      bf16 (default) | f32 | f16\n"
             "  --precision P          f32 | bf16 (default: AP_PRECISION or f32)\n"
@@ -105,6 +107,13 @@ int ap_cli_train(int argc, char **argv) {
         else if (!strcmp(a, "--cfg")) { if (num(a, val, 0, 100, &v)) return 2; o.cfg = (float)v; }
         else if (!strcmp(a, "--eta")) { if (num(a, val, 0, 10, &v)) return 2; o.eta = (float)v; }
         else if (!strcmp(a, "--lr")) { if (num(a, val, 0, 10, &v)) return 2; o.lr = v; }
+        else if (!strcmp(a, "--warmup-steps")) { if (num(a, val, 0, 1e7, &v)) return 2; o.lr_schedule.warmup = (int)v; }
+        else if (!strcmp(a, "--init-lora")) o.init_lora = val;
+        else if (!strcmp(a, "--lr-schedule")) {
+            int k = ap_lr_kind_parse(val);
+            if (k < 0) { fprintf(stderr, "alignprop train: --lr-schedule %s: expected constant, linear or cosine\n", val); return 2; }
+            o.lr_schedule.kind = (ap_lr_kind)k;
+        }
         else if (!strcmp(a, "--weight-decay")) { if (num(a, val, 0, 10, &v)) return 2; o.weight_decay = v; }
         else if (!strcmp(a, "--clip")) { if (num(a, val, 0, 1e9, &v)) return 2; o.clip = v; }
         else if (!strcmp(a, "--loss-coeff")) { if (num(a, val, -1e6, 1e6, &v)) return 2; o.loss_coeff = v; }

@@ -77,6 +77,9 @@ static ap_json *config_json(ap_ctx *c, const ap_train_opts *o) {
     ap_json_add_int(j, "lora_rank", o->rank);
     ap_json_add_num(j, "lora_alpha", o->alpha > 0 ? o->alpha : o->rank);
     ap_json_add_num(j, "lr", o->lr);
+    ap_json_add_str(j, "lr_schedule", ap_lr_kind_name(o->lr_schedule.kind));
+    ap_json_add_int(j, "lr_warmup", o->lr_schedule.warmup);
+    ap_json_add_str(j, "init_lora", o->init_lora ? o->init_lora : "");
     ap_json_add_num(j, "weight_decay", o->weight_decay);
     ap_json_add_num(j, "clip", o->clip);
     ap_json_add_num(j, "loss_coeff", o->loss_coeff);
@@ -103,7 +106,7 @@ static ap_status write_config(ap_ctx *c, const ap_train_opts *o, const char *pat
 static const char *const COMPAT_KEYS[] = {"model",  "prompts",      "negative", "reward", "loss",
                                           "batch",  "accum",        "sample_steps", "cfg", "eta",
                                           "truncation", "width",    "height",   "lora_rank", "lora_alpha",
-                                          "seed",   "weights_dtype"};
+                                          "seed",   "weights_dtype", "init_lora"};
 
 /* Removes a file or a directory tree (checkpoint directories are flat). */
 static int rm_tree(const char *path) {
@@ -303,7 +306,7 @@ static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, i
     ap_json_free(j);
     if (st == AP_OK) {
         snprintf(p, sizeof p, "%s/step_%06lld/lora.safetensors", dir, (long long)s);
-        st = ap_lora_load(c, lora, p);
+        st = ap_lora_load(c, lora, p, NULL);
     }
     if (st == AP_OK) {
         snprintf(p, sizeof p, "%s/step_%06lld/optimizer.safetensors", dir, (long long)s);
@@ -433,6 +436,7 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
     if (st == AP_OK) st = ap_reward_mix_parse(c, o->reward, NULL, &mix);
     if (st == AP_OK) st = ap_reward_loss_parse(c, o->loss, &loss);
     if (st == AP_OK) st = ap_lora_create(c, &m->cfg.unet, o->rank, o->alpha, o->seed, &lora);
+    if (st == AP_OK && o->init_lora && !o->resume) st = ap_lora_load(c, lora, o->init_lora, NULL);
     if (st == AP_OK) st = ap_lora_attach(c, lora, m->unet);
     int np = 0;
     if (st == AP_OK) {
@@ -514,6 +518,7 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
             st = c->status;
         }
         double gnorm = 0;
+        opt->cfg.lr = ap_lr_at(&o->lr_schedule, o->lr, step - 1, o->steps);
         if (st == AP_OK) st = ap_adamw_step(opt, &gnorm);
         if (st != AP_OK) break;
         int n = o->batch * o->accum;
@@ -526,7 +531,7 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         fprintf(log,
                 "{\"step\": %d, \"reward_mean\": %.6g, \"reward_std\": %.6g, \"loss\": %.6g, \"grad_norm\": %.6g, "
                 "\"lr\": %.6g, \"seconds\": %.4f, \"images_per_second\": %.4f, \"peak_memory_mib\": %.1f}\n",
-                step, mean, sd, loss_sum, gnorm, o->lr, dt, n / dt, ap_mem_peak(c) / 1048576.0);
+                step, mean, sd, loss_sum, gnorm, opt->cfg.lr, dt, n / dt, ap_mem_peak(c) / 1048576.0);
         fflush(log);
         if (o->progress) o->progress(o->progress_user, step, o->steps, mean);
         stopped = o->stop && *o->stop;
