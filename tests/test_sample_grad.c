@@ -106,10 +106,14 @@ int main(void) {
      * non-kept UNet outputs are constants: record them once, replay them in
      * every finite-difference evaluation */
     ap_tensor *rec[3] = {0};
-    /* (fixed:1 is not checked this way: the last DDIM step weighs eps by about
-     * 0.03, so its gradient on this tiny chain is below the f32 noise of finite
-     * differences; fixed:2 exercises the same machinery) */
-    for (int K = 2; K <= 2; K++) {
+    for (int K = 1; K <= 2; K++) {
+        /* fixed:1 with SD's leading timesteps keeps only the step from t = 1,
+         * which weighs eps by about 0.01: its gradient is below the f32 noise of
+         * finite differences on this tiny chain. Trailing timesteps (999, 666,
+         * 332) make the last step a large one; its gradients (~1e-5) still sit
+         * near the noise (~1e-7), so the step is larger and elements below 1% of
+         * the largest are compared absolutely. */
+        ch.o.spacing = K == 1 ? AP_SPACING_TRAILING : AP_SPACING_DEFAULT;
         ch.o.trunc.k = K;
         ch.o.record = rec;
         ap_tensor *r0 = run_chain(c, &ch, 0, NULL);
@@ -117,12 +121,20 @@ int main(void) {
         ap_tape_clear(c);
         ch.o.record = NULL;
         ch.o.replay = rec;
-        CHECK(rec[0] != NULL && rec[1] == NULL && rec[2] == NULL); /* step 0 detached, 1 and 2 kept */
-        gradcheck(c, "reward -> LoRA, fixed:2 (replayed constants)",
-                  run_chain, &ch, 4, leaves, &(gc_opts){.eps = 1e-2, .rtol = 3e-2, .atol = 3e-3, .max_elems = 6});
+        CHECK(rec[0] != NULL && (rec[1] != NULL) == (K == 1) && rec[2] == NULL); /* the last K steps kept */
+        char name[96];
+        snprintf(name, sizeof name, "reward -> LoRA, fixed:%d%s (replayed constants)", K,
+                 K == 1 ? ", trailing timesteps" : "");
+        gc_opts go = {.eps = 1e-2, .rtol = 3e-2, .atol = 3e-3, .max_elems = 6};
+        if (K == 1) { /* measured: eps 4e-2..5e-2 pass, below the noise wins, above the curvature */
+            go.eps = 5e-2;
+            go.atol = 1e-2;
+        }
+        gradcheck(c, name, run_chain, &ch, 4, leaves, &go);
         ch.o.replay = NULL;
         for (int i = 0; i < 3; i++) ap_tensor_release(rec[i]), rec[i] = NULL;
     }
+    ch.o.spacing = AP_SPACING_DEFAULT;
 
     /* plans */
     bool keep[10];

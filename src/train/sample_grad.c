@@ -57,6 +57,7 @@ ap_status ap_sample_with_grad(ap_ctx *c, ap_sd_model *m, const ap_grad_sample_op
     if (o->eta > 0 && !noise_rng) return ap_seterr(c, AP_ERR_INVALID_ARG, "sample with gradient: eta > 0 needs a noise stream");
     ap_sampler_config sc = ap_sampler_config_sd15(AP_SAMPLER_DDIM);
     sc.eta = o->eta;
+    if (o->spacing != AP_SPACING_DEFAULT) sc.spacing = o->spacing;
     ap_sampler *s = ap_sampler_create(c, &sc, o->steps);
     bool *keep = malloc(sizeof(bool) * (size_t)(o->steps > 0 ? o->steps : 1));
     if (!s || !keep || ap_trunc_plan(c, &o->trunc, o->steps, trunc_rng, keep) != AP_OK) {

@@ -17,6 +17,7 @@ typedef struct {
     float eta;               /* DDIM eta (0; > 0 adds noise drawn from noise_rng as a constant) */
     ap_trunc_policy trunc;   /* fixed:1 by default */
     bool checkpoint;         /* run kept UNet calls and the decoder under ap_checkpoint (true) */
+    ap_timestep_spacing spacing; /* DDIM timesteps: default (= leading with offset 1, as SD 1.x and AlignProp) */
     /* For tests of truncated gradients: when record is set, the (constant) UNet
      * outputs of the steps whose gradient is not kept are stored there (steps
      * entries, new references; NULL for kept steps); when replay is set, those
