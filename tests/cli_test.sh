@@ -185,6 +185,11 @@ out=$($bin eval --model "$tmp/m" --reward brightness --prompts "$tmp/p.txt" --pe
       --height 16 --lora "$tmp/run/lora.safetensors" 2>&1); rc=$?
 check "eval exits 0" 0 $rc
 contains "eval reports the mean" "reward brightness=1 over 4 images (2 prompts x 2 seeds): mean" "$out"
+# the jpeg reward reports libjpeg's exact size beside its estimate
+out=$($bin eval --model "$tmp/m" --reward jpeg --prompts "$tmp/p.txt" --steps 2 --width 16 --height 16 2>&1); rc=$?
+check "eval jpeg exits 0" 0 $rc
+contains "eval jpeg reports the exact size" "jpeg_kb: mean" "$out"
+contains "eval jpeg reports the estimate" "jpeg_kb_est: mean" "$out"
 out=$($bin eval --model "$tmp/m" --reward nope --prompts "$tmp/p.txt" 2>&1); rc=$?
 check "eval unknown reward exits 1" 1 $rc
 

@@ -20,7 +20,14 @@ struct ap_reward {
     ap_tensor *(*forward)(ap_ctx *c, ap_reward *self, ap_tensor *images, const char *const *prompts);
     void (*free)(ap_reward *self); /* frees user data and self; may be NULL (nothing owned) */
     void *user;
+    /* Optional (NULL: none). Extra per-image numbers that evaluation reports
+     * beside the reward, not differentiated (the jpeg rewards: libjpeg's exact
+     * file size). For images [N,H,W,3] writes up to AP_REWARD_METRICS_MAX
+     * names (static strings) and values[k*N + n]; returns how many, or -1 with
+     * the error in c. */
+    int (*metrics)(ap_ctx *c, ap_reward *self, ap_tensor *images, const char **names, double *values);
 };
+#define AP_REWARD_METRICS_MAX 8
 
 /* Options a reward's constructor may use (reward models find their weights
  * under models_dir). Zero-initialise; NULL means defaults. */
@@ -64,6 +71,11 @@ void ap_reward_mix_free(ap_reward_mix *m); /* accepts NULL */
  * rewards [N] (new references, on the tape like the total) for logging. */
 ap_tensor *ap_reward_mix_forward(ap_ctx *c, ap_reward_mix *m, ap_tensor *images, const char *const *prompts,
                                  ap_tensor **parts);
+/* The metrics of the mixture's parts, in order (a name two parts report is
+ * kept once, from the first): names[k] and values[k*N + n], values holding
+ * AP_REWARD_METRICS_MAX*N doubles. Returns how many (0 when no part has any),
+ * or -1 with the error in c. */
+int ap_reward_mix_metrics(ap_ctx *c, ap_reward_mix *m, ap_tensor *images, const char **names, double *values);
 /* The canonical spec ("brightness=1,saturation=0.5") into buf. */
 const char *ap_reward_mix_str(const ap_reward_mix *m, char *buf, size_t n);
 
@@ -84,5 +96,8 @@ const char *ap_reward_loss_str(const ap_reward_loss *l, char *buf, size_t n);
 /* ------------------------------------------------------------ built-ins (simple.c) */
 ap_status ap_reward_create_brightness(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 ap_status ap_reward_create_saturation(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+/* jpeg.c: minus / plus the estimated JPEG size in kB at quality 95 */
+ap_status ap_reward_create_jpeg(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+ap_status ap_reward_create_jpeg_incompressibility(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 
 #endif

@@ -372,7 +372,9 @@ static ap_status evaluate(ap_ctx *c, const ap_train_opts *o, ap_sd_model *m, ap_
     to.width = o->width;
     to.height = o->height;
     double sum = 0, sum2 = 0;
-    int n = 0;
+    int n = 0, nm = 0;
+    const char *mnames[AP_REWARD_METRICS_MAX]; /* rewards' extra metrics (jpeg_kb, ...): their means are logged too */
+    double mval[AP_REWARD_METRICS_MAX], msum[AP_REWARD_METRICS_MAX] = {0};
     ap_tensor *all = NULL;
     for (int p = 0; p < ep->n && !ap_failed(c); p++)
         for (int k = 0; k < o->eval_per_prompt && !ap_failed(c); k++) {
@@ -385,6 +387,8 @@ static ap_status evaluate(ap_ctx *c, const ap_train_opts *o, ap_sd_model *m, ap_
             if (r) {
                 double v = ((const float *)ap_tensor_cdata(r))[0];
                 sum += v, sum2 += v * v, n++;
+                nm = ap_reward_mix_metrics(c, mix, img, mnames, mval);
+                for (int j = 0; j < nm; j++) msum[j] += mval[j];
             }
             ap_tensor *cat = all ? ap_concat_batch(c, all, img) : ap_tensor_retain(img);
             ap_tensor_release(all);
@@ -402,8 +406,10 @@ static ap_status evaluate(ap_ctx *c, const ap_train_opts *o, ap_sd_model *m, ap_
     ap_tensor_release(all);
     if (ap_failed(c)) return c->status;
     double mean = n ? sum / n : 0, sd = n > 1 ? sqrt(fmax(0, (sum2 - n * mean * mean) / (n - 1))) : 0;
-    fprintf(elog, "{\"step\": %d, \"reward_mean\": %.6g, \"reward_std\": %.6g, \"images\": %d, \"grid\": \"eval/step_%06d.png\"}\n",
+    fprintf(elog, "{\"step\": %d, \"reward_mean\": %.6g, \"reward_std\": %.6g, \"images\": %d, \"grid\": \"eval/step_%06d.png\"",
             step, mean, sd, n, step);
+    for (int j = 0; j < nm; j++) fprintf(elog, ", \"%s_mean\": %.6g", mnames[j], n ? msum[j] / n : 0.0);
+    fprintf(elog, "}\n");
     fflush(elog);
     return AP_OK;
 }
