@@ -24,6 +24,7 @@ typedef struct {
 static const registry_entry builtins[] = {
     {"brightness", ap_reward_create_brightness},
     {"saturation", ap_reward_create_saturation},
+    {"count", ap_reward_create_count},
 };
 #define N_BUILTINS (int)(sizeof builtins / sizeof builtins[0])
 

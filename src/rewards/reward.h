@@ -84,5 +84,8 @@ const char *ap_reward_loss_str(const ap_reward_loss *l, char *buf, size_t n);
 /* ------------------------------------------------------------ built-ins (simple.c) */
 ap_status ap_reward_create_brightness(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 ap_status ap_reward_create_saturation(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+/* count (count.c): the counting model's expected number of shapes, 1..5
+ * (rewards/counter.h says where the weights come from). */
+ap_status ap_reward_create_count(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 
 #endif
