@@ -95,6 +95,7 @@ static void test_determinism(void) {
     }
     CHECK(differ >= 18);
     /* errors */
+    ap_tensor_release(x);
     CHECK(ap_shapes_batch(c, 1, 0, 0, &x, NULL) != AP_OK && x == NULL);
     CHECK(strstr(ap_last_error(c), "shapes") != NULL);
     ap_tensor_release(y);
