@@ -229,10 +229,42 @@ static void test_captions(void) {
         CHECK_MSG(ap_shapes_caption_parse(bad_caps[i], &q) == -1, "'%s' parsed", bad_caps[i]);
 }
 
+/* The model-free reading gives the labels back on the dataset's images, also
+ * after the blur and noise of a lossy model (a 2x downsampling and back). */
+static void test_analyze(void) {
+    ap_ctx *c = test_ctx();
+    ap_tensor *x = NULL;
+    ap_shapes_item items[200];
+    CHECK(ap_shapes_batch(c, 8, 0, 200, &x, items) == AP_OK);
+    ap_tensor *d = ap_resize(c, x, 32, 32, AP_RESIZE_BILINEAR, 1);
+    ap_tensor *u = ap_resize(c, d, 64, 64, AP_RESIZE_BILINEAR, 0);
+    CHECK_OK(c);
+    int exact = 0, exact_soft = 0;
+    for (int i = 0; x && u && i < 200; i++) {
+        int per[AP_COLORS], want[AP_COLORS] = {0};
+        for (int k = 0; k < items[i].count; k++) want[items[i].shapes[k].color]++;
+        int n = ap_shapes_analyze((const float *)ap_tensor_cdata(x) + (size_t)i * NPIX * 3, S, S, per);
+        exact += n == items[i].count && !memcmp(per, want, sizeof per);
+        n = ap_shapes_analyze((const float *)ap_tensor_cdata(u) + (size_t)i * NPIX * 3, S, S, per);
+        exact_soft += n == items[i].count && !memcmp(per, want, sizeof per);
+    }
+    CHECK_MSG(exact == 200, "%d of 200 read exactly", exact);
+    CHECK_MSG(exact_soft >= 190, "%d of 200 read exactly after blurring", exact_soft);
+    /* a plain gray picture has no shapes */
+    float gray[NPIX * 3];
+    for (int i = 0; i < NPIX * 3; i++) gray[i] = 0.1f;
+    CHECK(ap_shapes_analyze(gray, S, S, NULL) == 0);
+    ap_tensor_release(x);
+    ap_tensor_release(d);
+    ap_tensor_release(u);
+    ap_ctx_free(c);
+}
+
 int main(void) {
     test_determinism();
     test_labels_match_pixels();
     test_antialiased();
     test_captions();
+    test_analyze();
     return test_summary("shapes");
 }

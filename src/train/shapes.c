@@ -7,6 +7,7 @@
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 const char *const ap_shape_kind_names[AP_SHAPE_KINDS] = {"circle", "square", "triangle"};
@@ -355,4 +356,66 @@ int ap_shapes_query_total(const ap_shapes_query *q) {
         total += q->g[i].number;
     }
     return q->n > 0 ? total : -1;
+}
+
+/* ------------------------------------------------------------ analysis */
+static int classify(const float *px) {
+    float v[3], hi = -1e30f, lo = 1e30f;
+    for (int k = 0; k < 3; k++) {
+        v[k] = (px[k] + 1.0f) * 0.5f;
+        hi = fmaxf(hi, v[k]);
+        lo = fminf(lo, v[k]);
+    }
+    if (hi - lo < 0.25f) return -1;
+    int best = -1;
+    float bd = 0.3f * 0.3f;
+    for (int c = 0; c < AP_COLORS; c++) {
+        float d = 0;
+        for (int k = 0; k < 3; k++) {
+            float e = v[k] - ap_shape_color_rgb[c][k] / 255.0f;
+            d += e * e;
+        }
+        if (d < bd) bd = d, best = c;
+    }
+    return best;
+}
+
+int ap_shapes_analyze(const float *img, int H, int W, int per_color[AP_COLORS]) {
+    if (per_color)
+        for (int c = 0; c < AP_COLORS; c++) per_color[c] = 0;
+    if (H < 1 || W < 1) return 0;
+    size_t n = (size_t)H * W;
+    signed char *cls = malloc(n);
+    int *stack = malloc(n * sizeof *stack);
+    int total = 0;
+    if (!cls || !stack) {
+        free(cls);
+        free(stack);
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++) cls[i] = (signed char)classify(img + i * 3);
+    for (size_t i = 0; i < n; i++) {
+        if (cls[i] < 0) continue;
+        int col = cls[i], top = 0, area = 0;
+        stack[top++] = (int)i;
+        cls[i] = -2; /* visited */
+        while (top) {
+            int q = stack[--top], x = q % W, y = q / W;
+            area++;
+            for (int dy = -1; dy <= 1; dy++)
+                for (int dx = -1; dx <= 1; dx++) {
+                    int nx = x + dx, ny = y + dy;
+                    if (nx < 0 || ny < 0 || nx >= W || ny >= H || cls[ny * W + nx] != col) continue;
+                    cls[ny * W + nx] = -2;
+                    stack[top++] = ny * W + nx;
+                }
+        }
+        if (area >= AP_SHAPES_MIN_REGION) {
+            total++;
+            if (per_color) per_color[col]++;
+        }
+    }
+    free(cls);
+    free(stack);
+    return total;
 }

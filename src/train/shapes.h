@@ -105,6 +105,17 @@ int ap_shapes_query_matches(const ap_shapes_query *q, const ap_shapes_item *it);
  * numbered), or -1 when it names none. */
 int ap_shapes_query_total(const ap_shapes_query *q);
 
+/* ------------------------------------------------------------ analysis
+ * A model-free reading of a picture of shapes (a generated sample, say): each
+ * pixel is background when its chroma (max - min channel, in [0,1]) is below
+ * 0.25, else the nearest palette colour when within RGB distance 0.3, else
+ * nothing; shapes are 8-connected regions of one colour of at least
+ * AP_SHAPES_MIN_REGION pixels. img [H,W,3] f32 in [-1,1]. Returns the number of
+ * shapes; per_color (may be NULL) receives the shapes of each colour. On the
+ * dataset's own images it gives the labels exactly (tests/test_shapes.c). */
+#define AP_SHAPES_MIN_REGION 12
+int ap_shapes_analyze(const float *img, int H, int W, int per_color[AP_COLORS]);
+
 /* Held-out captions for evaluation: prompts that name no count and that the
  * generator never writes (a test checks it). NULL-terminated. */
 extern const char *const ap_shapes_eval_captions[];
