@@ -19,13 +19,14 @@ typedef struct {
     ap_reward_create_fn create;
 } registry_entry;
 
-/* Built-ins first; the reward models (aesthetic, hps, pickscore, jpeg, count)
- * add their line here when they land. */
+/* Built-ins first; the reward models (aesthetic, hps, pickscore, jpeg) add
+ * their line here when they land. */
 static const registry_entry builtins[] = {
     {"brightness", ap_reward_create_brightness},
     {"saturation", ap_reward_create_saturation},
     {"jpeg", ap_reward_create_jpeg},
     {"jpeg-incompressibility", ap_reward_create_jpeg_incompressibility},
+    {"count", ap_reward_create_count},
 };
 #define N_BUILTINS (int)(sizeof builtins / sizeof builtins[0])
 

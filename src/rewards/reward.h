@@ -99,5 +99,8 @@ ap_status ap_reward_create_saturation(ap_ctx *c, const ap_reward_opts *opts, ap_
 /* jpeg.c: minus / plus the estimated JPEG size in kB at quality 95 */
 ap_status ap_reward_create_jpeg(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 ap_status ap_reward_create_jpeg_incompressibility(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+/* count (count.c): the counting model's expected number of shapes, 1..5
+ * (rewards/counter.h says where the weights come from). */
+ap_status ap_reward_create_count(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 
 #endif
