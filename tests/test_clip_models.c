@@ -166,6 +166,14 @@ static void test_configs(ap_ctx *c) {
         CHECK(tc.vocab == text_tiny.vocab && tc.max_positions == text_tiny.max_positions &&
               tc.width == text_tiny.width && tc.layers == text_tiny.layers &&
               tc.intermediate == text_tiny.intermediate && tc.proj_dim == text_tiny.proj_dim);
+        /* what the file holds per tower, against the tiny configs' own count */
+        int64_t W = 32, P = 6, Tk = 26, L = 2, M = 72, D = 16;
+        int64_t nv = W + W * 3 * P * P + Tk * W + 2 * W + L * (4 * W * W + 4 * W + 4 * W + 2 * W * M + M + W) +
+                     2 * W + W * D;
+        W = 24, M = 40;
+        int64_t nt = 600 * W + 16 * W + L * (4 * W * W + 4 * W + 4 * W + 2 * W * M + M + W) + 2 * W + W * D;
+        CHECK(ap_clip_param_count(f, 1) == nv);
+        CHECK(ap_clip_param_count(f, 0) == nt);
         ap_clip_close(f);
     }
     /* an HF folder: the weights file and a config.json with heads and activations */

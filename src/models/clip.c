@@ -368,3 +368,23 @@ ap_status ap_clip_logit_scale(ap_ctx *c, const ap_clip_file *f, float *out) {
     ap_tensor_release(t);
     return AP_OK;
 }
+
+int64_t ap_clip_param_count(const ap_clip_file *f, int vision) {
+    int64_t total = 0;
+    size_t lp = strlen(f->prefix);
+    for (int i = 0; i < ap_weights_count(f->w); i++) {
+        const char *n = ap_weights_name(f->w, i), *dt = ap_weights_dtype(f->w, i);
+        if (strncmp(n, f->prefix, lp) || !(dt[0] == 'F' || dt[0] == 'B') || !strcmp(dt, "BOOL")) continue;
+        n += lp;
+        bool is_v = f->layout == AP_CLIP_HF ? !strncmp(n, "vision_model.", 13) || !strncmp(n, "visual_projection.", 18)
+                                            : !strncmp(n, "visual.", 7);
+        bool is_t = f->layout == AP_CLIP_HF ? !strncmp(n, "text_model.", 11) || !strncmp(n, "text_projection.", 16)
+                                            : !is_v && strcmp(n, "logit_scale");
+        if (!(vision ? is_v : is_t)) continue;
+        int64_t s[AP_MAX_DIMS], numel = 1;
+        int nd = ap_weights_shape(f->w, i, s);
+        for (int d = 0; d < nd; d++) numel *= s[d];
+        total += numel;
+    }
+    return total;
+}

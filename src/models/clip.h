@@ -69,6 +69,10 @@ ap_status ap_clip_load_vision(ap_ctx *c, const ap_clip_file *f, const ap_clip_vi
                               ap_clip_vision **out);
 ap_status ap_clip_load_text(ap_ctx *c, const ap_clip_file *f, const ap_clip_text_config *cfg, ap_dtype wdt,
                             ap_clip_text **out);
+/* Scalars the file holds for a tower (vision 1, text 0), integer buffers
+ * (position_ids) not counted; the fused in_proj counts as q, k and v. */
+int64_t ap_clip_param_count(const ap_clip_file *f, int vision);
+
 /* The stored logit_scale (its log: the scale is expf(*out), 100 for trained models). */
 ap_status ap_clip_logit_scale(ap_ctx *c, const ap_clip_file *f, float *out);
 
