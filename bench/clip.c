@@ -2,10 +2,14 @@
  * forward plus the gradient with respect to the pixels (what the aesthetic,
  * HPS and PickScore rewards cost per training step), batch 2 at 224x224.
  *
- * Effective TFLOP/s = the matrix-product flops the ops counted (ap_flops:
- * patch conv, linears and attention, forward and input-gradient backward;
- * no weight gradients, the weights are frozen) / the measured time. Median of
- * the runs after one warm-up (which packs the weights).
+ * Effective TFLOP/s = matrix-product flops / measured time. The forward's are
+ * what the ops count (ap_flops: patch conv, linears, attention with
+ * FlashAttention's 4*B*H*T*S*d). ap_flops counts forwards only, so the
+ * backward's are derived: the input gradient of a conv or linear costs what
+ * its forward did (no weight gradients: the weights are frozen), attention's
+ * backward 2.5x its forward (FlashAttention's convention, as bench/attention);
+ * backward = forward + 1.5 * attention. Median of the runs after one warm-up
+ * (which packs the weights).
  *
  * usage: clip [--runs N] [--tower vit_l14|vit_h14] [--json FILE] */
 #include "bench.h"
@@ -89,9 +93,13 @@ int main(int argc, char **argv) {
             if (r >= 0) tf[r] = b - a, tb[r] = e - b, tt[r] = e - a;
         }
         double mf = bench_median(tf, runs), mb = bench_median(tb, runs), mt = bench_median(tt, runs);
+        double G = cfg.image_size / cfg.patch, T = 1 + G * G;
+        double attn = cfg.layers * 4.0 * 2 * T * T * cfg.width; /* 4*B*H*T*S*d per layer, B = 2 */
+        double flb = flf + 1.5 * attn;
+        fl = flf + flb;
         printf("%s (%lld parameters): forward %.3f s (%.3f TFLOP/s), pixel backward %.3f s (%.3f TFLOP/s), "
                "total %.3f s: %.3f TFLOP/s effective (%.0f%% of peak), %.1f GFLOP counted, peak activations %.0f MiB\n",
-               towers[k], (long long)ap_params_count(&m->params), mf, flf / mf / 1e12, mb, (fl - flf) / mb / 1e12, mt,
+               towers[k], (long long)ap_params_count(&m->params), mf, flf / mf / 1e12, mb, flb / mb / 1e12, mt,
                fl / mt / 1e12, 100.0 * fl / mt / 1e9 / pbf, fl / 1e9, mem / 1048576.0);
         if (js)
             fprintf(js, "%s\n {\"tower\": \"%s\", \"forward_s\": %.4f, \"backward_s\": %.4f, \"total_s\": %.4f, "
