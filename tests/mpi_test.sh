@@ -5,7 +5,9 @@
 #    with the same log and a sharded evaluation equal to the single-process one;
 #  - resume under 2 ranks is bit-exact; resuming with other ranks x accumulation
 #    is refused, the same chains per step with other ranks continue bit for bit;
-#  - a rank that dies makes the job exit non-zero within a bounded time;
+#  - a rank that dies makes the job exit non-zero within a bounded time; an
+#    error on one rank, or ranks whose adapters differ, stop every rank with
+#    the message;
 #  - SIGTERM to one rank stops every rank after the step, with a checkpoint.
 # Usage: mpi_test.sh ALIGNPROP MPIEXEC ("none" when MPI was not compiled in).
 set -uo pipefail
@@ -22,6 +24,10 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_hwloc_base_binding_policy=none
 export OMPI_MCA_plm=isolated
+# under AddressSanitizer: Open MPI's libraries have no frame pointers, so the
+# leak stacks of its allocations need the slow unwinder to reach the frames
+# .ci/lsan.supp names
+[ -n "${ASAN_OPTIONS:-}" ] && export ASAN_OPTIONS="$ASAN_OPTIONS:fast_unwind_on_malloc=0"
 # one thread everywhere: results are bit-identical for the same thread count
 export AP_NUM_THREADS=1 OMP_WAIT_POLICY=passive
 run() { "$mpiexec" -np "$@"; }
@@ -91,6 +97,19 @@ out=$(AP_TEST_DIST_EXIT=1:2 timeout 120 "$mpiexec" -np 2 $bin train $tr --steps 
 t1=$(date +%s)
 [ $rc -ne 0 ] && [ $rc -ne 124 ]; check "a dead rank ends the job non-zero (rc $rc)" 0 $?
 [ $((t1 - t0)) -lt 60 ]; check "... within 60 s ($((t1 - t0)) s)" 0 $?
+
+# an error on one rank (MPMD: rank 1 gets a model that does not exist): every
+# rank stops, and rank 0 reports rank 1's message
+out=$(timeout 120 "$mpiexec" -np 1 $bin train $tr --steps 2 -o "$tmp/err" : -np 1 $bin train $tr --steps 2 \
+      --model "$tmp/nomodel" -o "$tmp/err" 2>&1); rc=$?
+check "an error on rank 1 ends the job with 1" 1 $rc
+contains "... and rank 0 reports rank 1's message" "alignprop train: rank 1 of 2: $tmp/nomodel" "$out"
+# ranks that drift apart (rank 1 with another learning rate) are caught by the
+# per-step hash of adapters, moments and streams
+out=$(timeout 120 "$mpiexec" -np 1 $bin train $tr --steps 2 -o "$tmp/drift" : -np 1 $bin train $tr --steps 2 \
+      --lr 0.5 -o "$tmp/drift" 2>&1); rc=$?
+check "ranks holding different adapters end the job with 1" 1 $rc
+contains "... naming the rank" "after step 1 rank 1 holds other adapters" "$out"
 
 # SIGTERM to one rank: every rank stops after the step, rank 0 checkpoints
 "$mpiexec" -np 2 $bin train $tr --steps 100000 --save-every 0 -o "$tmp/stop" > "$tmp/stop.out" 2>&1 &

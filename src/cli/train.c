@@ -207,8 +207,9 @@ static int train_main(int argc, char **argv) {
         ap_ctx_free(c);
         return 128 + (int)g_stop;
     }
-    if (g_talk) printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, checkpoints/, "
-           "optimizer.safetensors)\n", o.steps, ap_now() - t0, o.out_dir);
+    if (g_talk)
+        printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, checkpoints/, "
+               "optimizer.safetensors)\n", o.steps, ap_now() - t0, o.out_dir);
     ap_ctx_free(c);
     return 0;
 }

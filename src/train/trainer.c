@@ -379,7 +379,8 @@ static ap_status evaluate(ap_ctx *c, const ap_train_opts *o, ap_sd_model *m, ap_
     int R = ap_dist_size(), me = ap_dist_rank();
     int64_t total = (int64_t)ep->n * o->eval_per_prompt, per = (int64_t)o->height * o->width * 3;
     int64_t lo = total * me / R, hi = total * (me + 1) / R;
-    float *mine = malloc(sizeof(float) * (size_t)((hi - lo) * (per + 1) + 1)); // [hi-lo][per] images, then [hi-lo] rewards
+    /* this rank's share: [hi-lo][per] images, then [hi-lo] rewards */
+    float *mine = malloc(sizeof(float) * (size_t)((hi - lo) * (per + 1) + 1));
     ap_status st = mine ? AP_OK : ap_seterr(c, AP_ERR_NOMEM, "evaluation: out of memory");
     int prev = ap_set_grad_enabled(c, 0);
     ap_txt2img_opts to;
@@ -642,7 +643,8 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         }
     }
     st = ap_dist_agree(c, st, NULL, NULL);
-    if (st == AP_OK && o->eval_prompts && done == 0) st = ap_dist_agree(c, evaluate(c, o, m, mix, &eprompts, 0, elog), NULL, NULL);
+    if (st == AP_OK && o->eval_prompts && done == 0)
+        st = ap_dist_agree(c, evaluate(c, o, m, mix, &eprompts, 0, elog), NULL, NULL);
     if (st == AP_OK) st = check_replicas(c, np, params, opt, gs, pos, done);
     ap_grad_sample_opts so;
     ap_grad_sample_defaults(&so);
