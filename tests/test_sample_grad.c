@@ -167,6 +167,42 @@ int main(void) {
     CHECK(ap_sample_with_grad(c, ch.m, &ch.o, ctx1, ch.xT, &g, NULL, &lat, &img, NULL) == AP_ERR_SHAPE);
     ap_clear_error(c);
 
+    /* stepping over a chain (what a data-parallel rank does with the other
+     * ranks' chains) leaves the three streams where sampling it does: the
+     * latents, a random plan drawn per step and DDIM noise (eta > 0) */
+    {
+        ap_grad_sample_opts so = ch.o;
+        so.eta = 0.7f;
+        CHECK(ap_trunc_parse(c, "rand-step:0:3", &so.trunc) == AP_OK);
+        ap_rng ga[3], gb[3];
+        for (int i = 0; i < 3; i++) {
+            ap_rng_init(&ga[i], 10 + (uint64_t)i);
+            ap_rng_init(&gb[i], 10 + (uint64_t)i);
+        }
+        int prev = ap_set_grad_enabled(c, 0);
+        for (int rep = 0; rep < 2; rep++) {
+            ap_tensor *xT = ap_rng_randn_latents(c, &ga[0], 1, 4, 4, 4), *l = NULL, *im = NULL;
+            CHECK_MSG(ap_sample_with_grad(c, ch.m, &so, ch.ctx, xT, &ga[1], &ga[2], &l, &im, NULL) == AP_OK, "%s",
+                      ap_last_error(c));
+            ap_tensor_release(xT);
+            ap_tensor_release(l);
+            ap_tensor_release(im);
+            CHECK(ap_sample_skip_draws(c, &so, 1, 4, 4, 4, &gb[0], &gb[1], &gb[2]) == AP_OK);
+        }
+        ap_set_grad_enabled(c, prev);
+        static uint8_t sa[AP_RNG_STATE_BYTES], sb[AP_RNG_STATE_BYTES];
+        for (int i = 0; i < 3; i++) {
+            ap_rng_get_state(&ga[i], sa);
+            ap_rng_get_state(&gb[i], sb);
+            CHECK_MSG(!memcmp(sa, sb, sizeof sa), "stream %d: skipping two chains = sampling them", i);
+        }
+        uint8_t s0[AP_RNG_STATE_BYTES];
+        ap_rng fresh;
+        ap_rng_init(&fresh, 12);
+        ap_rng_get_state(&fresh, s0);
+        CHECK_MSG(memcmp(s0, sb, sizeof s0) != 0, "the noise stream was drawn from");
+    }
+
     for (int i = 0; i < 4; i++) ap_tensor_release(leaves[i]);
     ap_tensor_release(ctx1);
     ap_tensor_release(ch.ctx);

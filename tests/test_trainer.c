@@ -136,6 +136,11 @@ static void test_resume(ap_ctx *c, const char *dir, const char *model) {
     CHECK(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "width"));
     ap_clear_error(c);
     o.width = 16;
+    o.accum = 2; /* other chains per step (ranks x accumulation) */
+    CHECK_MSG(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "1 = 1 chains per step, this run has 1 x 2 = 2"),
+              "%s", ap_last_error(c));
+    ap_clear_error(c);
+    o.accum = 1;
     o.out_dir = dir; /* no checkpoints there */
     CHECK(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "no complete checkpoint"));
     ap_clear_error(c);

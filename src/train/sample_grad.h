@@ -38,4 +38,13 @@ ap_status ap_sample_with_grad(ap_ctx *c, ap_sd_model *m, const ap_grad_sample_op
                               ap_rng *trunc_rng, ap_rng *noise_rng, ap_tensor **latents, ap_tensor **image,
                               bool *keep_out);
 
+/* Consumes from the streams exactly what drawing the initial latents of a
+ * chain of B latents [B,h,w,C] (from lat_rng) and ap_sample_with_grad with the
+ * same options (from trunc_rng, and noise_rng when eta > 0) would, without
+ * sampling anything. Data-parallel ranks use it to step over the chains of
+ * the other ranks, so every rank's streams stay those of one process running
+ * every chain. */
+ap_status ap_sample_skip_draws(ap_ctx *c, const ap_grad_sample_opts *o, int64_t B, int64_t h, int64_t w, int64_t C,
+                               ap_rng *lat_rng, ap_rng *trunc_rng, ap_rng *noise_rng);
+
 #endif
