@@ -1,6 +1,7 @@
 /* Prompt sets: bundled ones match the shipped files, files parse, errors. */
 #include "test.h"
 #include "train/prompts.h"
+#include "train/shapes.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,7 +21,9 @@ int main(void) {
     CHECK(same);
     ap_prompts_free(&f);
     ap_prompts_free(&p);
-    const int sizes[] = {45, 6, 750, 50}; /* hps_v2_all has 752 lines, two of them blank */
+    int n_eval = 0;
+    while (ap_shapes_eval_captions[n_eval]) n_eval++;
+    const int sizes[] = {45, 6, 750, 50, 48, n_eval}; /* hps_v2_all has 752 lines, two of them blank */
     for (int i = 0; ap_prompt_sets[i]; i++) {
         char src[64];
         snprintf(src, sizeof src, "builtin:%s", ap_prompt_sets[i]);
@@ -28,6 +31,20 @@ int main(void) {
         for (int k = 0; k < p.n; k++) CHECK(p.text[k][0] && p.text[k][strlen(p.text[k]) - 1] != ' ');
         ap_prompts_free(&p);
     }
+    /* the shapes sets: distinct count-free captions the dataset's grammar reads,
+     * the training ones never held out */
+    ap_prompts e;
+    CHECK(ap_prompts_load(c, "builtin:shapes", &p) == AP_OK && ap_prompts_load(c, "builtin:shapes_eval", &e) == AP_OK);
+    for (int k = 0; k < p.n; k++) {
+        ap_shapes_query q;
+        CHECK_MSG(ap_shapes_caption_parse(p.text[k], &q) == 0 && ap_shapes_query_total(&q) == -1 && q.n <= 3, "%s",
+                  p.text[k]);
+        for (int j = 0; j < k; j++) CHECK(strcmp(p.text[j], p.text[k]) != 0);
+        for (int j = 0; j < e.n; j++) CHECK(strcmp(e.text[j], p.text[k]) != 0);
+    }
+    for (int k = 0; k < e.n; k++) CHECK(!strcmp(e.text[k], ap_shapes_eval_captions[k]));
+    ap_prompts_free(&e);
+    ap_prompts_free(&p);
     char path[64];
     snprintf(path, sizeof path, "/tmp/ap_prompts_%d.txt", (int)getpid());
     FILE *w = fopen(path, "w");

@@ -3,6 +3,7 @@
 
 #include "core/internal.h"
 #include "io/atomic.h"
+#include "train/shapes.h"
 
 #include <ctype.h>
 #include <stdio.h>
@@ -23,7 +24,45 @@ AP_EMBED(ap_ps_hps_v2_all, "hps_v2_all.txt")
 AP_EMBED(ap_ps_hps_v2_all_eval, "hps_v2_all_eval.txt")
 #endif
 
-const char *const ap_prompt_sets[] = {"simple_animals", "eval_simple_animals", "hps_v2_all", "hps_v2_all_eval", NULL};
+const char *const ap_prompt_sets[] = {"simple_animals", "eval_simple_animals", "hps_v2_all", "hps_v2_all_eval",
+                                      "shapes", "shapes_eval", NULL};
+
+/* The shapes sets (docs/data.md): "shapes" is the first AP_SHAPES_PROMPTS
+ * distinct count-free captions of the dataset's stream 0 (what a model trained
+ * on it has seen, minus the counts) that name at most three groups, so that
+ * three shapes fit every one (the demo's target); "shapes_eval" the held-out
+ * captions the generator never writes. One caption per line, into a new buffer. */
+#define AP_SHAPES_PROMPTS 48
+static char *shapes_text(bool eval, size_t *len) {
+    size_t cap = 64 * AP_SHAPES_CAPTION_MAX, n = 0;
+    char *t = malloc(cap);
+    if (!t) return NULL;
+    t[0] = 0;
+    if (eval) {
+        for (int i = 0; ap_shapes_eval_captions[i]; i++)
+            if (n + strlen(ap_shapes_eval_captions[i]) + 2 < cap) n += (size_t)sprintf(t + n, "%s\n", ap_shapes_eval_captions[i]);
+    } else {
+        int have = 0;
+        for (uint64_t i = 0; have < AP_SHAPES_PROMPTS && i < 100000; i++) {
+            ap_shapes_item it;
+            char cap_buf[AP_SHAPES_CAPTION_MAX + 2];
+            ap_shapes_item_make(0, i, &it);
+            ap_shapes_caption(&it, AP_CAPTION_NOCOUNT, cap_buf, AP_SHAPES_CAPTION_MAX);
+            ap_shapes_query q;
+            if (ap_shapes_caption_parse(cap_buf, &q) != 0 || q.n > 3) continue; /* three shapes must fit */
+            strcat(cap_buf, "\n");
+            /* distinct: look for the line in what is there */
+            bool dup = !strncmp(t, cap_buf, strlen(cap_buf));
+            for (const char *q = strchr(t, '\n'); !dup && q && q[1]; q = strchr(q + 1, '\n'))
+                dup = !strncmp(q + 1, cap_buf, strlen(cap_buf));
+            if (dup || n + strlen(cap_buf) + 1 >= cap) continue;
+            n += (size_t)sprintf(t + n, "%s", cap_buf);
+            have++;
+        }
+    }
+    *len = n;
+    return t;
+}
 
 static ap_status parse(ap_ctx *c, const char *src, const char *text, size_t len, ap_prompts *out) {
     memset(out, 0, sizeof *out);
@@ -66,12 +105,21 @@ ap_status ap_prompts_load(ap_ctx *c, const char *source, ap_prompts *out) {
                                    ap_ps_hps_v2_all_eval};
         const char *const end[] = {ap_ps_simple_animals_end, ap_ps_eval_simple_animals_end, ap_ps_hps_v2_all_end,
                                    ap_ps_hps_v2_all_eval_end};
-        for (int i = 0; ap_prompt_sets[i]; i++)
+        for (int i = 0; i < 4; i++)
             if (!strcmp(name, ap_prompt_sets[i])) return parse(c, source, beg[i], (size_t)(end[i] - beg[i]), out);
 #endif
-        return ap_seterr(c, AP_ERR_NOT_FOUND,
-                         "%s: no such bundled prompt set (simple_animals, eval_simple_animals, hps_v2_all, "
-                         "hps_v2_all_eval)", source);
+        if (!strcmp(source + 8, "shapes") || !strcmp(source + 8, "shapes_eval")) {
+            size_t n = 0;
+            char *t = shapes_text(!strcmp(source + 8, "shapes_eval"), &n);
+            if (!t) return ap_seterr(c, AP_ERR_NOMEM, "%s: out of memory", source);
+            ap_status st = parse(c, source, t, n, out);
+            free(t);
+            return st;
+        }
+        char known[256] = "";
+        for (int i = 0; ap_prompt_sets[i]; i++)
+            snprintf(known + strlen(known), sizeof known - strlen(known), "%s%s", i ? ", " : "", ap_prompt_sets[i]);
+        return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: no such bundled prompt set (%s)", source, known);
     }
     size_t n = 0;
     char *buf = ap_read_file(c, source, (size_t)256 << 20, &n);

@@ -1,6 +1,8 @@
 /* Prompt sets: a file with one prompt per line, or one of the sets bundled in
  * the library ("builtin:simple_animals", "builtin:eval_simple_animals",
- * "builtin:hps_v2_all", "builtin:hps_v2_all_eval": AlignProp's own files). */
+ * "builtin:hps_v2_all", "builtin:hps_v2_all_eval": AlignProp's own files;
+ * "builtin:shapes", "builtin:shapes_eval": count-free captions of the shapes
+ * dataset and its held-out ones, made from src/train/shapes.c). */
 #ifndef AP_TRAIN_PROMPTS_H
 #define AP_TRAIN_PROMPTS_H
 
