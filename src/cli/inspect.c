@@ -1,7 +1,9 @@
 /* alignprop inspect: what a model or weights file holds. */
+#include "models/clip.h"
 #include "models/sd.h"
 #include "models/weights.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -19,6 +21,49 @@ static void print_model(const ap_sd_model *m) {
            (long long)ap_params_count(&m->vae->params));
     printf("  text encoder: width %d, %d layers, %d heads, vocab %d: %lld parameters\n", g->text.width,
            g->text.layers, g->text.heads, g->text.vocab, (long long)ap_params_count(&m->text->params));
+}
+
+static const char *heads_str(char *b, int h) {
+    if (h < 1) return "? (unknown)";
+    snprintf(b, 16, "%d", h);
+    return b;
+}
+
+/* A CLIP checkpoint (file or HF folder): layout and towers. Returns 0 when it
+ * is one (printed), 1 when it is not (nothing printed, no error left). */
+static int print_clip(ap_ctx *c, const char *path) {
+    ap_clip_file *f = NULL;
+    if (ap_clip_open(c, path, &f) != AP_OK) {
+        ap_clear_error(c);
+        return 1;
+    }
+    const char *acts[2] = {"quick_gelu", "gelu"};
+    char hb[16];
+    printf("architecture: CLIP, %s layout%s%s%s\n", ap_clip_layout_name(ap_clip_layout_of(f)),
+           *ap_clip_prefix(f) ? " (names prefixed '" : "", ap_clip_prefix(f), *ap_clip_prefix(f) ? "')" : "");
+    ap_clip_vision_config v;
+    ap_clip_text_config t;
+    if (ap_clip_has_vision(f)) {
+        if (ap_clip_vision_config_of(c, f, &v) == AP_OK || v.width)
+            printf("  vision: %dx%d, patch %d, width %d, %d layers, %s heads, mlp %d, %s, projection %d: %lld parameters\n",
+                   v.image_size, v.image_size, v.patch, v.width, v.layers, heads_str(hb, v.heads), v.mlp, acts[v.act], v.proj_dim,
+                   (long long)ap_clip_param_count(f, 1));
+        if (ap_last_status(c) != AP_OK) printf("  vision: %s\n", ap_last_error(c));
+        ap_clear_error(c);
+    }
+    if (ap_clip_has_text(f)) {
+        if (ap_clip_text_config_of(c, f, &t) == AP_OK || t.width)
+            printf("  text: width %d, %d layers, %s heads, mlp %d, %s, vocab %d, context %d, projection %d: %lld "
+                   "parameters\n", t.width, t.layers, heads_str(hb, t.heads), t.intermediate, acts[t.act], t.vocab,
+                   t.max_positions, t.proj_dim, (long long)ap_clip_param_count(f, 0));
+        if (ap_last_status(c) != AP_OK) printf("  text: %s\n", ap_last_error(c));
+        ap_clear_error(c);
+    }
+    float ls;
+    if (ap_clip_logit_scale(c, f, &ls) == AP_OK) printf("  logit_scale: %g (scale %g)\n", ls, expf(ls));
+    ap_clear_error(c);
+    ap_clip_close(f);
+    return 0;
 }
 
 int ap_cli_inspect(int argc, char **argv) {
@@ -41,6 +86,13 @@ int ap_cli_inspect(int argc, char **argv) {
     struct stat s;
     int rc = 0;
     if (stat(path, &s) == 0 && S_ISDIR(s.st_mode)) {
+        char mi[4096];
+        snprintf(mi, sizeof mi, "%s/model_index.json", path);
+        struct stat s2;
+        if (stat(mi, &s2) != 0 && print_clip(c, path) == 0) { /* an HF CLIP folder */
+            ap_ctx_free(c);
+            return 0;
+        }
         ap_sd_model *m = NULL;
         if (ap_sd_load(c, path, AP_BF16, &m) != AP_OK) {
             fprintf(stderr, "alignprop inspect: %s\n", ap_last_error(c));
@@ -95,7 +147,7 @@ int ap_cli_inspect(int argc, char **argv) {
             print_model(m);
         }
         ap_sd_free(m);
-    } else {
+    } else if (print_clip(c, path) != 0) {
         printf("architecture: not a Stable Diffusion checkpoint (a plain tensor file)\n");
     }
     ap_ctx_free(c);

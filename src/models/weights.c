@@ -4,6 +4,7 @@
 #include "core/internal.h"
 #include "io/torchfile.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -86,32 +87,93 @@ static void shape_fmt(char *buf, size_t n, int nd, const int64_t *s) {
     if (o < n) snprintf(buf + o, n - o, "]");
 }
 
+typedef struct {
+    ap_name_map_fn map;
+    void *user;
+} plain_map;
+
+static int plain_map_fn(void *user, const char *param, ap_name_target *out) {
+    const plain_map *m = user;
+    if (!m->map) {
+        snprintf(out->name, sizeof out->name, "%s", param);
+        return 0;
+    }
+    return m->map(m->user, param, out->name, sizeof out->name);
+}
+
 ap_status ap_params_load(ap_ctx *c, ap_params *ps, const ap_weights *w, ap_name_map_fn map, void *user) {
+    plain_map m = {map, user};
+    return ap_params_load_ex(c, ps, w, plain_map_fn, &m);
+}
+
+/* The shape the file tensor must have for parameter p at target tg. */
+static int target_shape(const ap_param *p, const ap_name_target *tg, int64_t *shape) {
+    const ap_tensor *t = p->t;
+    for (int d = 0; d < t->ndim; d++) shape[d] = t->shape[d];
+    if (tg->rows) shape[0] = tg->file_rows;
+    if (tg->transpose && t->ndim == 2) shape[0] = t->shape[1], shape[1] = t->shape[0];
+    return t->ndim;
+}
+
+/* Rows [row0, row0+rows) of f32 src (row length rl), transposed when asked,
+ * converted into dst of dtype dt. */
+static ap_status place(ap_ctx *c, const ap_param *p, const ap_name_target *tg, const float *src, int64_t rl) {
+    ap_tensor *t = p->t;
+    int64_t n = ap_tensor_numel(t);
+    const float *from = src + (tg->rows ? tg->row0 * rl : 0);
+    float *tmp = NULL;
+    if (tg->transpose) {
+        int64_t R = t->shape[0], C = t->shape[1]; /* ours [R,C]; the file's [C,R] */
+        tmp = malloc((size_t)(n ? n : 1) * sizeof *tmp);
+        if (!tmp) return ap_seterr(c, AP_ERR_NOMEM, "loading '%s': out of memory", p->name);
+        for (int64_t r = 0; r < R; r++)
+            for (int64_t k = 0; k < C; k++) tmp[r * C + k] = from[k * R + r];
+        from = tmp;
+    }
+    ap_convert(ap_data(t), t->dtype, from, AP_F32, n);
+    free(tmp);
+    return AP_OK;
+}
+
+ap_status ap_params_load_ex(ap_ctx *c, ap_params *ps, const ap_weights *w, ap_name_map_ex_fn map, void *user) {
     if (ap_failed(c)) return c->status;
-    char fname[512];
     for (int i = 0; i < ps->n; i++) {
         ap_param *p = &ps->p[i];
-        if (map) {
-            if (map(user, p->name, fname, sizeof fname) != 0)
-                return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: no file name for parameter '%s'", w->path, p->name);
-        } else {
-            snprintf(fname, sizeof fname, "%s", p->name);
-        }
+        ap_name_target tg;
+        memset(&tg, 0, sizeof tg);
+        if (map(user, p->name, &tg) != 0)
+            return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: no file name for parameter '%s'", w->path, p->name);
+        bool plain = !tg.rows && !tg.transpose;
+        assert(!tg.transpose || p->t->ndim == 2);
+        const char *fname = tg.name;
         int k = ap_weights_find(w, fname);
         if (k < 0) return ap_seterr(c, AP_ERR_NOT_FOUND, "%s: missing tensor '%s'", w->path, fname);
-        int64_t shape[AP_MAX_DIMS];
+        int64_t shape[AP_MAX_DIMS], want[AP_MAX_DIMS];
         int nd = ap_weights_shape(w, k, shape);
-        if (!shape_eq(nd, shape, p->t->ndim, p->t->shape) &&
-            !(p->file_ndim && shape_eq(nd, shape, p->file_ndim, p->file_shape))) {
+        int nw = target_shape(p, &tg, want);
+        bool ok = plain ? shape_eq(nd, shape, p->t->ndim, p->t->shape) ||
+                              (p->file_ndim && shape_eq(nd, shape, p->file_ndim, p->file_shape))
+                        : shape_eq(nd, shape, nw, want) && (!tg.rows || (tg.row0 >= 0 && tg.row0 + tg.rows <= shape[0] &&
+                                                                         tg.rows == p->t->shape[0]));
+        if (!ok) {
             char a[128], b[128];
             shape_fmt(a, sizeof a, nd, shape);
-            shape_fmt(b, sizeof b, p->t->ndim, p->t->shape);
+            shape_fmt(b, sizeof b, plain ? p->t->ndim : nw, plain ? p->t->shape : want);
             return ap_seterr(c, AP_ERR_SHAPE, "%s: tensor '%s' has shape %s, the model expects %s", w->path, fname,
                              a, b);
         }
         ap_tensor *t = NULL;
-        if (ap_weights_load(c, w, k, p->t->dtype, &t) != AP_OK) return c->status;
-        memcpy(ap_data(p->t), ap_data(t), ap_tensor_nbytes(t));
+        if (plain) {
+            if (ap_weights_load(c, w, k, p->t->dtype, &t) != AP_OK) return c->status;
+            memcpy(ap_data(p->t), ap_data(t), ap_tensor_nbytes(t));
+        } else {
+            if (ap_weights_load(c, w, k, AP_F32, &t) != AP_OK) return c->status;
+            int64_t rl = nd ? ap_tensor_numel(t) / shape[0] : 1;
+            if (place(c, p, &tg, ap_f32(t), rl) != AP_OK) {
+                ap_tensor_release(t);
+                return c->status;
+            }
+        }
         ap_tensor_release(t);
         ap_tensor_touch(p->t);
     }

@@ -32,6 +32,26 @@ typedef int (*ap_name_map_fn)(void *user, const char *param, char *out, size_t n
  * naming the file and the tensor. Values convert to each parameter's dtype. */
 ap_status ap_params_load(ap_ctx *c, ap_params *ps, const ap_weights *w, ap_name_map_fn map, void *user);
 
+/* Where a parameter's values lie in a file when it is not a whole tensor of
+ * the same shape: checkpoints that fuse several of our parameters into one
+ * tensor (OpenCLIP's attn.in_proj_weight [3W,W] = rows [q; k; v]) or store a
+ * projection as x @ P ([in,out], the transpose of our linear weight [out,in]). */
+typedef struct {
+    char name[512];     /* the tensor's name in the file */
+    int64_t row0, rows; /* rows: 0 = the whole tensor; else rows [row0, row0+rows) of dim 0 */
+    int64_t file_rows;  /* with rows: dim 0 the file tensor must have (its other dims are the parameter's) */
+    int transpose;      /* the file holds the 2-D parameter transposed */
+} ap_name_target;
+
+/* Maps a parameter's registry name to where it lies in a file; out arrives
+ * zeroed. Returns 0, or non-zero when the file cannot hold it. */
+typedef int (*ap_name_map_ex_fn)(void *user, const char *param, ap_name_target *out);
+
+/* ap_params_load with slices and transposes. The shape check is against the
+ * file tensor the target implies ([file_rows, ...] for a slice, the swapped
+ * dims for a transpose); a mismatch names the file and the tensor. */
+ap_status ap_params_load_ex(ap_ctx *c, ap_params *ps, const ap_weights *w, ap_name_map_ex_fn map, void *user);
+
 /* Writes every parameter of ps to a safetensors file (atomically), named
  * map(param) (identity when NULL), in the checkpoint's shapes (1x1 conv weights
  * as [C,C,1,1]), with metadata pairs. */
