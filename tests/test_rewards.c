@@ -217,7 +217,7 @@ static ap_tensor *bad_forward(ap_ctx *c, ap_reward *self, ap_tensor *x, const ch
 static ap_status create_bad(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out) {
     (void)c;
     (void)opts;
-    static ap_reward r = {"test_bad_shape", bad_forward, NULL, NULL};
+    static ap_reward r = {.name = "test_bad_shape", .forward = bad_forward};
     *out = &r;
     return AP_OK;
 }

@@ -13,8 +13,12 @@ int ap_cli_parse_dtype(const char *s, ap_dtype *out);
 static int usage(void) {
     fprintf(stderr,
             "usage: alignprop train --model PATH --reward SPEC --out RUNDIR [options]\n"
-            "  --reward SPEC          reward or weighted mixture: brightness | saturation | a=1,b=0.5\n"
-            "  --loss maximize|minimize|target:T   (maximize)\n"
+            "  --reward SPEC          reward or weighted mixture: brightness | saturation | aesthetic | hps |\n"
+            "                         pickscore | a=1,b=0.5\n"
+            "  --loss maximize|minimize|target:T   (the reward's default: target:10 for aesthetic, else maximize)\n"
+            "  --models-dir DIR       reward models' weights (AP_MODELS_DIR, else ~/.local/share/alignprop/models)\n"
+            "  --reward-resize M      CLIP rewards' resize to 224: bilinear (default) | bilinear-noaa | bicubic |\n"
+            "                         bicubic-noaa\n"
             "  --prompts SRC          prompt file (one per line) or builtin:simple_animals (default),\n"
             "                         builtin:hps_v2_all, builtin:eval_simple_animals, builtin:hps_v2_all_eval\n"
             "  --negative TEXT        negative prompt (empty)\n"
@@ -86,6 +90,8 @@ int ap_cli_train(int argc, char **argv) {
         if (!strcmp(a, "--model")) o.model = val;
         else if (!strcmp(a, "--reward")) o.reward = val;
         else if (!strcmp(a, "--loss")) o.loss = val;
+        else if (!strcmp(a, "--models-dir")) o.models_dir = val;
+        else if (!strcmp(a, "--reward-resize")) o.reward_resize = val;
         else if (!strcmp(a, "--prompts")) o.prompts = val;
         else if (!strcmp(a, "--eval-prompts")) o.eval_prompts = val;
         else if (!strcmp(a, "--eval-every")) { if (num(a, val, 0, 1e7, &v)) return 2; o.eval_every = (int)v; }

@@ -28,7 +28,7 @@ void ap_train_defaults(ap_train_opts *o) {
     o->prompts = "builtin:simple_animals";
     o->negative = "";
     o->reward = "brightness";
-    o->loss = "maximize";
+    o->loss = NULL; /* the reward's default */
     o->out_dir = "runs/train";
     o->steps = 100;
     o->batch = 1;
@@ -65,6 +65,7 @@ static ap_json *config_json(ap_ctx *c, const ap_train_opts *o) {
     ap_json_add_str(j, "negative", o->negative ? o->negative : "");
     ap_json_add_str(j, "reward", o->reward);
     ap_json_add_str(j, "loss", o->loss);
+    ap_json_add_str(j, "reward_resize", o->reward_resize ? o->reward_resize : "bilinear");
     ap_json_add_int(j, "steps", o->steps);
     ap_json_add_int(j, "batch", o->batch);
     ap_json_add_int(j, "accum", o->accum);
@@ -100,7 +101,7 @@ static ap_status write_config(ap_ctx *c, const ap_train_opts *o, const char *pat
 /* Settings a resumed run must share with the checkpoint for the continuation
  * to be the same training; steps, lr, weight decay, clip and the loss
  * coefficient may change (the new values apply from the next step). */
-static const char *const COMPAT_KEYS[] = {"model",  "prompts",      "negative", "reward", "loss",
+static const char *const COMPAT_KEYS[] = {"model",  "prompts",      "negative", "reward", "loss", "reward_resize",
                                           "batch",  "accum",        "sample_steps", "cfg", "eta",
                                           "truncation", "width",    "height",   "lora_rank", "lora_alpha",
                                           "seed",   "weights_dtype"};
@@ -430,7 +431,13 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
     }
     ap_status st = ap_sd_load(c, o->model, o->weights_dtype, &m);
     if (st == AP_OK) st = ap_prompts_load(c, o->prompts, &prompts);
-    if (st == AP_OK) st = ap_reward_mix_parse(c, o->reward, NULL, &mix);
+    ap_reward_opts ropts = {o->models_dir, o->reward_resize, o->weights_dtype};
+    if (st == AP_OK) st = ap_reward_mix_parse(c, o->reward, &ropts, &mix);
+    /* from here on o has the loss resolved (the reward's default when none was
+     * given), so config.json and the checkpoints record the loss used */
+    ap_train_opts resolved = *o;
+    if (st == AP_OK && !resolved.loss) resolved.loss = ap_reward_mix_default_loss(mix);
+    o = &resolved;
     if (st == AP_OK) st = ap_reward_loss_parse(c, o->loss, &loss);
     if (st == AP_OK) st = ap_lora_create(c, &m->cfg.unet, o->rank, o->alpha, o->seed, &lora);
     if (st == AP_OK) st = ap_lora_attach(c, lora, m->unet);
