@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Writes the fixtures of tests/test_clip_rewards.c under tests/ref/clip_rewards/:
 
-  aesthetic_tiny/       a tiny CLIP vision tower in Hugging Face transformers layout
+  clip-vit-large-patch14/  a tiny CLIP vision tower in Hugging Face transformers layout
                         (model.safetensors + config.json, vision only, projection to
                         768 so that the real aesthetic head applies)
   HPS_v2.1_compressed.pt  a tiny OpenCLIP model (vision + text) as HPSv2 ships it: a torch
@@ -94,8 +94,10 @@ def torch_save_deflated(obj, path):
     torch.save(obj, buf)
     src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
-        for info in src.infolist():
-            dst.writestr(info.filename, src.read(info.filename))
+        for info in src.infolist():  # fixed timestamps: the same bytes on every run
+            zi = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            dst.writestr(zi, src.read(info.filename))
 
 
 # ------------------------------------------------------------------ towers (float64, HF names)
@@ -327,7 +329,7 @@ def main():
     avcfg = {"width": 32, "patch": 6, "image": 30, "layers": 2, "heads": 2, "mlp": 64, "act": "quick_gelu",
              "proj": 768}
     aw = make_vision(Rand(11), avcfg)
-    adir = os.path.join(OUT, "aesthetic_tiny")
+    adir = os.path.join(OUT, "clip-vit-large-patch14")
     os.makedirs(adir, exist_ok=True)
     st_write(os.path.join(adir, "model.safetensors"), {k: f32(v) for k, v in aw.items()}, {"format": "pt"})
     with open(os.path.join(adir, "config.json"), "w") as f:
