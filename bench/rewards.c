@@ -9,10 +9,11 @@
  * Effective TFLOP/s = matrix-product flops / the measured wall time of the
  * whole reward forward + backward (preprocessing included). The forward's are
  * what the ops counted (ap_flops: patch conv, linears, attention); ap_flops
- * counts forward ops only, so the backward's are computed: the input gradient
- * repeats every linear's and the patch conv's product once (dX = dY W; no
- * weight gradients, the weights are frozen) and attention's twice (dQ, dK, dV
- * and dP), i.e. backward = forward + the attention's 4 T^2 W per layer and
+ * counts forward ops only, so the backward's are derived as bench/clip does:
+ * the input gradient of a conv or linear costs what its forward did (dX = dY W;
+ * no weight gradients, the weights are frozen), attention's backward 2.5x its
+ * forward (FlashAttention's convention, as bench/attention); backward =
+ * forward + 1.5 * attention, attention's forward being 4 T^2 W per layer and
  * image. Median of the runs after one warm-up (which packs the weights). The
  * complement of bench/clip (the bare towers at 224x224).
  *
@@ -134,7 +135,7 @@ int main(int argc, char **argv) {
             flf = ap_flops(c);
             if (ap_backward(c, y, gy) != AP_OK) die(c, "backward");
             double e = bench_now();
-            fl = 2 * flf + attention_flops(k ? &ap_clip_vision_config_h14 : &ap_clip_vision_config_l14, 2);
+            fl = 2 * flf + 1.5 * attention_flops(k ? &ap_clip_vision_config_h14 : &ap_clip_vision_config_l14, 2);
             mem = ap_mem_peak(c) - base;
             ap_tensor_release(y);
             ap_tape_clear(c);
