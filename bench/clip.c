@@ -11,7 +11,7 @@
  * backward = forward + 1.5 * attention. Median of the runs after one warm-up
  * (which packs the weights).
  *
- * usage: clip [--runs N] [--tower vit_l14|vit_h14] [--json FILE] */
+ * usage: clip [--runs N] [--tower vit_l14|vit_h14|tiny] [--json FILE] */
 #include "bench.h"
 #include "peaks.h"
 
@@ -62,15 +62,15 @@ int main(int argc, char **argv) {
     FILE *js = json ? fopen(json, "w") : NULL;
     if (js) fprintf(js, "{\"peak_bf16\": %.1f, \"runs\": %d, \"results\": [", pbf, runs);
     int first = 1;
-    const char *towers[2] = {"vit_l14", "vit_h14"};
-    for (int k = 0; k < 2; k++) {
-        if (only && strcmp(only, towers[k])) continue;
+    const char *towers[3] = {"vit_l14", "vit_h14", "tiny"};
+    for (int k = 0; k < 3; k++) {
+        if (only ? strcmp(only, towers[k]) : k == 2) continue; /* tiny: a quick check of the program */
         ap_clip_vision_config cfg;
         ap_clip_vision *m = NULL;
         if (ap_clip_vision_preset(c, towers[k], &cfg) != AP_OK || ap_clip_vision_create(c, &cfg, AP_BF16, &m) != AP_OK ||
             ap_params_init_random(&m->params, 1) != AP_OK)
             die(c, towers[k]);
-        ap_tensor *x = rnd(c, 4, (int64_t[]){2, 224, 224, 3}, 7), *gy = rnd(c, 2, (int64_t[]){2, cfg.proj_dim}, 9);
+        ap_tensor *x = rnd(c, 4, (int64_t[]){2, cfg.image_size, cfg.image_size, 3}, 7), *gy = rnd(c, 2, (int64_t[]){2, cfg.proj_dim}, 9);
         ap_tensor_set_requires_grad(x, 1);
         double tf[50], tb[50], tt[50], fl = 0, flf = 0;
         size_t mem = 0;
@@ -94,13 +94,15 @@ int main(int argc, char **argv) {
         }
         double mf = bench_median(tf, runs), mb = bench_median(tb, runs), mt = bench_median(tt, runs);
         double G = cfg.image_size / cfg.patch, T = 1 + G * G;
-        double attn = cfg.layers * 4.0 * 2 * T * T * cfg.width; /* 4*B*H*T*S*d per layer, B = 2 */
+        /* 4*B*H*T*S*d per layer, B = 2; the last layer's queries are the class tokens alone */
+        double attn = (cfg.layers - 1) * 4.0 * 2 * T * T * cfg.width + 4.0 * 2 * T * cfg.width;
         double flb = flf + 1.5 * attn;
         fl = flf + flb;
         printf("%s (%lld parameters): forward %.3f s (%.3f TFLOP/s), pixel backward %.3f s (%.3f TFLOP/s), "
-               "total %.3f s: %.3f TFLOP/s effective (%.0f%% of peak), %.1f GFLOP counted, peak activations %.0f MiB\n",
+               "total %.3f s: %.3f TFLOP/s effective (%.0f%% of peak), %.4g GFLOP counted (forward %.4g, model formula %.4g), peak activations %.0f MiB\n",
                towers[k], (long long)ap_params_count(&m->params), mf, flf / mf / 1e12, mb, flb / mb / 1e12, mt,
-               fl / mt / 1e12, 100.0 * fl / mt / 1e9 / pbf, fl / 1e9, mem / 1048576.0);
+               fl / mt / 1e12, 100.0 * fl / mt / 1e9 / pbf, fl / 1e9, flf / 1e9, ap_clip_vision_flops(&cfg, 2) / 1e9,
+               mem / 1048576.0);
         if (js)
             fprintf(js, "%s\n {\"tower\": \"%s\", \"forward_s\": %.4f, \"backward_s\": %.4f, \"total_s\": %.4f, "
                         "\"gflop\": %.2f, \"tflops\": %.4f, \"peak_mib\": %.1f}",

@@ -72,6 +72,53 @@ void ap_clip_vision_free(ap_clip_vision *m) {
     free(m);
 }
 
+/* Rows b*T of x [B,T,W] (each image's class token) -> [B,1,W]; a gather, so
+ * the gradient flows back into those rows. */
+static ap_tensor *class_rows(ap_ctx *c, ap_tensor *x) {
+    if (!x) return NULL;
+    int64_t B = ap_tensor_dim(x, 0), T = ap_tensor_dim(x, 1), W = ap_tensor_dim(x, 2);
+    ap_tensor *rows = ap_tensor_new(c, AP_I64, 2, (int64_t[]){B, 1});
+    if (rows)
+        for (int64_t b = 0; b < B; b++) ((int64_t *)ap_tensor_data(rows))[b] = b * T;
+    ap_tensor *flat = ap_reshape(c, x, 2, (int64_t[]){B * T, W});
+    ap_tensor *y = ap_embedding(c, rows, flat);
+    ap_tensor_release(rows);
+    ap_tensor_release(flat);
+    return y;
+}
+
+/* The last layer for the class token alone: only its output is pooled, so its
+ * query, the attention output, the MLP and the residuals run on one token per
+ * image; keys and values still come from every token. Equal to running the
+ * whole layer and taking token 0 (the tests compare with the reference). */
+static ap_tensor *last_layer_class_token(ap_ctx *c, const ap_clip_layer *L, const ap_clip_vision_config *cfg,
+                                         ap_tensor *h) {
+    ap_tensor *a = ap_ln_fwd(c, &L->ln1, h); /* [B,T,W] */
+    ap_tensor *a0 = class_rows(c, a);        /* [B,1,W] */
+    ap_tensor *q = ap_linear_fwd(c, &L->attn.to_q, a0);
+    ap_tensor *k = ap_linear_fwd(c, &L->attn.to_k, a);
+    ap_tensor *v = ap_linear_fwd(c, &L->attn.to_v, a);
+    ap_tensor_release(a);
+    ap_tensor_release(a0);
+    ap_tensor *o = ap_attention(c, q, k, v, cfg->heads, 0.0f, 0);
+    ap_tensor_release(q);
+    ap_tensor_release(k);
+    ap_tensor_release(v);
+    o = ap_swap(o, ap_linear_fwd(c, &L->attn.to_out, o));
+    ap_tensor *h0 = class_rows(c, h);
+    ap_tensor *h1 = ap_add(c, h0, o);
+    ap_tensor_release(h0);
+    ap_tensor_release(o);
+    ap_tensor *m = ap_ln_fwd(c, &L->ln2, h1);
+    m = ap_swap(m, ap_linear_fwd(c, &L->fc1, m));
+    m = ap_swap(m, cfg->act == AP_ACT_GELU ? ap_gelu(c, m) : ap_quick_gelu(c, m));
+    m = ap_swap(m, ap_linear_fwd(c, &L->fc2, m));
+    ap_tensor *out = ap_add(c, h1, m);
+    ap_tensor_release(h1);
+    ap_tensor_release(m);
+    return out;
+}
+
 ap_tensor *ap_clip_vision_forward(ap_ctx *c, const ap_clip_vision *m, ap_tensor *x) {
     if (ap_failed(c)) return NULL;
     const ap_clip_vision_config *cfg = &m->cfg;
@@ -106,17 +153,11 @@ ap_tensor *ap_clip_vision_forward(ap_ctx *c, const ap_clip_vision *m, ap_tensor 
     h = ap_swap(h, ap_add(c, h, pos));
     ap_tensor_release(pos);
     h = ap_swap(h, ap_ln_fwd(c, &m->pre_ln, h));
-    for (int l = 0; l < cfg->layers; l++)
+    for (int l = 0; l < cfg->layers - 1; l++)
         h = ap_swap(h, ap_clip_layer_fwd(c, &m->layer[l], cfg->heads, cfg->act, false, h));
-    /* the class tokens: rows b*T of h viewed as [B*T,W] */
-    ap_tensor *rows = ap_tensor_new(c, AP_I64, 1, (int64_t[]){B});
-    if (rows)
-        for (int64_t b = 0; b < B; b++) ((int64_t *)ap_tensor_data(rows))[b] = b * T;
-    ap_tensor *hf = ap_reshape(c, h, 2, (int64_t[]){B * T, W});
+    ap_tensor *pooled = last_layer_class_token(c, &m->layer[cfg->layers - 1], cfg, h); /* [B,1,W] */
     ap_tensor_release(h);
-    ap_tensor *pooled = ap_embedding(c, rows, hf); /* [B,W] */
-    ap_tensor_release(rows);
-    ap_tensor_release(hf);
+    pooled = ap_swap(pooled, ap_reshape(c, pooled, 2, (int64_t[]){B, W}));
     pooled = ap_swap(pooled, ap_ln_fwd(c, &m->post_ln, pooled));
     return ap_swap(pooled, ap_linear_fwd(c, &m->proj, pooled));
 }
@@ -125,5 +166,7 @@ double ap_clip_vision_flops(const ap_clip_vision_config *cfg, int B) {
     double S = cfg->image_size, P = cfg->patch, W = cfg->width, G = S / P, T = 1 + G * G, M = cfg->mlp;
     double patch = 2.0 * G * G * W * 3 * P * P;
     double layer = 2.0 * T * W * W * 4 + 2.0 * T * W * M * 2 + 2.0 * 2 * T * T * W;
-    return B * (patch + cfg->layers * layer + 2.0 * W * cfg->proj_dim);
+    /* the last layer: keys and values of every token, the rest for the class token */
+    double last = 2.0 * T * W * W * 2 + 2.0 * W * W * 2 + 2.0 * W * M * 2 + 2.0 * 2 * T * W;
+    return B * (patch + (cfg->layers - 1) * layer + last + 2.0 * W * cfg->proj_dim);
 }

@@ -168,7 +168,7 @@ ap_status ap_params_load_ex(ap_ctx *c, ap_params *ps, const ap_weights *w, ap_na
             memcpy(ap_data(p->t), ap_data(t), ap_tensor_nbytes(t));
         } else {
             if (ap_weights_load(c, w, k, AP_F32, &t) != AP_OK) return c->status;
-            int64_t rl = nd ? ap_tensor_numel(t) / shape[0] : 1;
+            int64_t rl = nd && shape[0] ? ap_tensor_numel(t) / shape[0] : 1;
             if (place(c, p, &tg, ap_f32(t), rl) != AP_OK) {
                 ap_tensor_release(t);
                 return c->status;
