@@ -48,10 +48,11 @@ static ap_tensor *rnd_images(ap_ctx *c, int n, int s, unsigned seed) {
 }
 
 /* Attention's forward flops of the vision tower for batch B: QK^T and PV,
- * 2 * 2 * T^2 * W per layer and image (all heads together). */
+ * 2 * 2 * T^2 * W per layer and image (all heads together); the last layer
+ * attends from the class token only (T queries -> 1). */
 static double attention_flops(const ap_clip_vision_config *cfg, int B) {
     double T = 1.0 + (double)(cfg->image_size / cfg->patch) * (cfg->image_size / cfg->patch);
-    return 4.0 * T * T * cfg->width * cfg->layers * B;
+    return 4.0 * T * cfg->width * ((cfg->layers - 1) * T + 1) * B;
 }
 
 static ap_reward *make(ap_ctx *c, const char *name, double *text_s, double *text_gflop) {
