@@ -278,7 +278,8 @@ static void test_mixture(ap_ctx *c) {
     ap_tensor *s = ap_sum(c, tot);
     CHECK(s && ap_backward(c, s, NULL) == AP_OK);
     int64_t n = ap_tensor_numel(x);
-    float *g = malloc(sizeof(float) * (size_t)n), *gp[2] = {malloc(sizeof(float) * (size_t)n), malloc(sizeof(float) * (size_t)n)};
+    size_t nb = sizeof(float) * (size_t)n;
+    float *g = malloc(nb), *gp[2] = {malloc(nb), malloc(nb)};
     memcpy(g, ap_tensor_cdata(ap_tensor_grad(x)), sizeof(float) * (size_t)n);
     for (int i = 0; i < 2; i++) {
         ap_tensor_zero_grad(x);

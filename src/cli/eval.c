@@ -75,8 +75,9 @@ int ap_cli_eval(int argc, char **argv) {
     ap_reward_mix *mix = NULL;
     ap_tensor *all = NULL;
     int rc = 1;
+    ap_reward_opts ropts = {.models_dir = models_dir, .resize = resize, .weights_dtype = wdt};
     if (ap_sd_load(c, model, wdt, &m) != AP_OK || ap_prompts_load(c, psrc, &ps) != AP_OK ||
-        ap_reward_mix_parse(c, reward, &(ap_reward_opts){models_dir, resize, wdt}, &mix) != AP_OK)
+        ap_reward_mix_parse(c, reward, &ropts, &mix) != AP_OK)
         goto done;
     for (int i = 0; i < n_lora; i++) {
         ap_lora_merge_info li;

@@ -106,7 +106,8 @@ ap_status ap_aesthetic_head_from_torchfile(ap_ctx *c, const ap_torchfile *pt, co
 }
 
 ap_status ap_aesthetic_head_load(ap_ctx *c, const char *path, ap_aesthetic_head *out) {
-    if (!c || !out || !path) return c ? ap_seterr(c, AP_ERR_INVALID_ARG, "aesthetic head: NULL argument") : AP_ERR_INVALID_ARG;
+    if (!c) return AP_ERR_INVALID_ARG;
+    if (!out || !path) return ap_seterr(c, AP_ERR_INVALID_ARG, "aesthetic head: %s is NULL", out ? "path" : "out");
     ap_torchfile *pt = NULL;
     ap_status st = ap_pt_open(c, path, &pt);
     if (st == AP_OK) st = ap_aesthetic_head_from_torchfile(c, pt, path, out);
@@ -124,6 +125,7 @@ ap_status ap_aesthetic_head_builtin(ap_ctx *c, ap_aesthetic_head *out) {
     ap_pt_close(pt);
     return st;
 #else
-    return ap_seterr(c, AP_ERR_UNSUPPORTED, "aesthetic head: this build has no bundled sac+logos+ava1-l14-linearMSE.pth");
+    return ap_seterr(c, AP_ERR_UNSUPPORTED,
+                     "aesthetic head: this build has no bundled sac+logos+ava1-l14-linearMSE.pth");
 #endif
 }

@@ -86,7 +86,8 @@ ap_tensor *ap_clip_preprocess(ap_ctx *c, ap_tensor *images, int size, const ap_c
     ap_tensor *h = ap_scale(c, images, 0.5f);
     ap_tensor *u = ap_add_scalar(c, h, 0.5f);
     ap_tensor *cl = ap_clamp(c, u, 0.0f, 1.0f);
-    ap_tensor *rs = oh == H && ow == W ? ap_tensor_retain(cl) : ap_resize(c, cl, (int)oh, (int)ow, r->mode, r->antialias);
+    ap_tensor *rs = oh == H && ow == W ? ap_tensor_retain(cl)
+                                       : ap_resize(c, cl, (int)oh, (int)ow, r->mode, r->antialias);
     /* CenterCrop: int(round((len - S) / 2.0)), Python's round (half to even) */
     int64_t top = (int64_t)nearbyint((double)(oh - size) / 2.0), left = (int64_t)nearbyint((double)(ow - size) / 2.0);
     ap_tensor *cr = oh == size && ow == size ? ap_tensor_retain(rs) : ap_crop(c, rs, top, left, size, size);
@@ -187,11 +188,13 @@ static void aesthetic_free(ap_reward *r) {
 
 ap_status ap_reward_aesthetic_from(ap_ctx *c, ap_clip_vision *tower, const ap_aesthetic_head *head,
                                    const ap_clip_resize *rs, ap_reward **out) {
-    *out = NULL;
-    if (ap_failed(c)) {
+    if (!c || !out || ap_failed(c)) {
         ap_clip_vision_free(tower);
-        return c->status;
+        if (out) *out = NULL;
+        return c ? (ap_failed(c) ? c->status : ap_seterr(c, AP_ERR_INVALID_ARG, "aesthetic: out is NULL"))
+                 : AP_ERR_INVALID_ARG;
     }
+    *out = NULL;
     if (!tower || !head) {
         ap_clip_vision_free(tower);
         return ap_seterr(c, AP_ERR_INVALID_ARG, "aesthetic: %s is NULL", tower ? "head" : "tower");
@@ -253,7 +256,8 @@ ap_status ap_reward_create_aesthetic(ap_ctx *c, const ap_reward_opts *opts, ap_r
     if (st != AP_OK) return st;
     snprintf(path, sizeof path, "%s/clip-vit-large-patch14", dir);
     if (!hf_folder_ok(path))
-        return missing_hf(c, "aesthetic", "CLIP ViT-L/14", dir, "clip-vit-large-patch14", "openai/clip-vit-large-patch14");
+        return missing_hf(c, "aesthetic", "CLIP ViT-L/14", dir, "clip-vit-large-patch14",
+                          "openai/clip-vit-large-patch14");
     return ap_reward_aesthetic_open(c, path, opts, out);
 }
 
@@ -373,8 +377,13 @@ static void score_free(ap_reward *r) {
 
 ap_status ap_reward_clip_score_from(ap_ctx *c, ap_clip_score_kind kind, ap_clip_vision *vision, ap_clip_text *text,
                                     float scale, const ap_clip_resize *rs, ap_reward **out) {
-    *out = NULL;
     const char *name = kind_name(kind);
+    if (!c || !out) {
+        ap_clip_vision_free(vision);
+        ap_clip_text_free(text);
+        return c ? ap_seterr(c, AP_ERR_INVALID_ARG, "%s: out is NULL", name) : AP_ERR_INVALID_ARG;
+    }
+    *out = NULL;
     ap_status st = c->status;
     if (st == AP_OK && (!vision || !text))
         st = ap_seterr(c, AP_ERR_INVALID_ARG, "%s: the %s tower is NULL", name, vision ? "text" : "vision");

@@ -431,7 +431,8 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
     }
     ap_status st = ap_sd_load(c, o->model, o->weights_dtype, &m);
     if (st == AP_OK) st = ap_prompts_load(c, o->prompts, &prompts);
-    ap_reward_opts ropts = {o->models_dir, o->reward_resize, o->weights_dtype};
+    ap_reward_opts ropts = {.models_dir = o->models_dir, .resize = o->reward_resize,
+                            .weights_dtype = o->weights_dtype};
     if (st == AP_OK) st = ap_reward_mix_parse(c, o->reward, &ropts, &mix);
     /* from here on o has the loss resolved (the reward's default when none was
      * given), so config.json and the checkpoints record the loss used */
