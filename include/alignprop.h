@@ -260,12 +260,14 @@ ap_tensor *ap_embedding(ap_ctx *c, ap_tensor *ids, ap_tensor *table);
  * blocks). sum_rows / mean_rows: x [..., K] -> [...] (a 1-D x gives [1]); each
  * row is summed in double in a fixed order, so results do not depend on the
  * thread count. abs: gradient sign(x), 0 at 0. sqrt: gradient 0.5/sqrt(x)
- * (+inf at 0; NaN below 0). add_scalar: x + s. */
+ * (+inf at 0; NaN below 0). log1p: log(1 + x), gradient 1/(1 + x) (NaN below
+ * -1). add_scalar: x + s. */
 ap_tensor *ap_sum_rows(ap_ctx *c, ap_tensor *x);
 ap_tensor *ap_mean_rows(ap_ctx *c, ap_tensor *x);
 ap_tensor *ap_abs(ap_ctx *c, ap_tensor *x);
 ap_tensor *ap_square(ap_ctx *c, ap_tensor *x);
 ap_tensor *ap_sqrt(ap_ctx *c, ap_tensor *x);
+ap_tensor *ap_log1p(ap_ctx *c, ap_tensor *x);
 ap_tensor *ap_add_scalar(ap_ctx *c, ap_tensor *x, float s);
 
 /* What the CLIP rewards need beyond those. crop: x [N,H,W,C] -> the window

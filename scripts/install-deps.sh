@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages alignprop needs to build and test, when they
 # are missing. Idempotent: does nothing (and needs no root) when all are there.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config libdnnl-dev zlib1g-dev libcjson-dev libzip-dev libpng-dev)
+# libopenmpi-dev and openmpi-bin: data-parallel training (optional to build; CI tests it)
+pkgs=(build-essential cmake pkg-config libdnnl-dev zlib1g-dev libcjson-dev libzip-dev libpng-dev libjpeg62-turbo-dev libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

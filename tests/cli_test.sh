@@ -185,6 +185,11 @@ out=$($bin eval --model "$tmp/m" --reward brightness --prompts "$tmp/p.txt" --pe
       --height 16 --lora "$tmp/run/lora.safetensors" 2>&1); rc=$?
 check "eval exits 0" 0 $rc
 contains "eval reports the mean" "reward brightness=1 over 4 images (2 prompts x 2 seeds): mean" "$out"
+# the jpeg reward reports libjpeg's exact size beside its estimate
+out=$($bin eval --model "$tmp/m" --reward jpeg --prompts "$tmp/p.txt" --steps 2 --width 16 --height 16 2>&1); rc=$?
+check "eval jpeg exits 0" 0 $rc
+contains "eval jpeg reports the exact size" "jpeg_kb: mean" "$out"
+contains "eval jpeg reports the estimate" "jpeg_kb_est: mean" "$out"
 out=$($bin eval --model "$tmp/m" --reward nope --prompts "$tmp/p.txt" 2>&1); rc=$?
 check "eval unknown reward exits 1" 1 $rc
 
@@ -215,6 +220,23 @@ wait $pid; rc=$?
 check "train stopped by SIGTERM exits 143" 143 $rc
 contains "train says it was interrupted" "interrupted" "$(cat "$tmp/rs.err")"
 ls "$tmp"/rs/checkpoints/step_*/DONE >/dev/null 2>&1 || { echo "FAIL SIGTERM left no complete checkpoint"; fail=1; }
+
+# the shapes dataset and the counting model
+out=$($bin shapes --seed 2 -n 5 -o "$tmp/shp" 2>&1); rc=$?
+check "shapes exits 0" 0 $rc
+[ -s "$tmp/shp/grid.png" ] || { echo "FAIL shapes wrote no grid"; fail=1; }
+check "shapes captions one line per image" 5 "$(wc -l < "$tmp/shp/captions.txt")"
+out=$($bin shapes -n 0 -o "$tmp/shp" 2>&1); rc=$?
+check "shapes -n 0 exits 2" 2 $rc
+out=$($bin train-counter --steps 2 --batch 4 --eval 20 --seed 3 -o "$tmp/counter.safetensors" 2>&1); rc=$?
+check "train-counter exits 0" 0 $rc
+contains "train-counter reports held-out accuracy" "held-out" "$out"
+[ -s "$tmp/counter.safetensors" ] || { echo "FAIL train-counter wrote no weights"; fail=1; }
+out=$($bin train-counter --steps 2 2>&1); rc=$?
+check "train-counter without -o exits 2" 2 $rc
+out=$($bin train-counter --batch 0 -o x 2>&1); rc=$?
+check "train-counter --batch 0 exits 2" 2 $rc
+contains "train-counter bad batch named" "--batch" "$out"
 
 [ $fail -eq 0 ] && echo "cli: all passed" || echo "cli: failures"
 exit $fail

@@ -225,8 +225,27 @@ static void test_errors(ap_ctx *c) {
     ap_tensor_release(f);
 }
 
+/* schedules against the transformers definitions written out by hand */
+static void test_lr_schedules(void) {
+    const int T = 10, W = 3;
+    for (int k = 0; k < 3; k++) {
+        ap_lr_schedule s = {.kind = (ap_lr_kind)k, .warmup = W};
+        CHECK(ap_lr_kind_parse(ap_lr_kind_name(s.kind)) == k);
+        for (int d = 0; d < T; d++) {
+            double f = d < W ? d / 3.0 : k == 0 ? 1.0 : k == 1 ? (T - d) / 7.0 : 0.5 * (1 + cos(M_PI * (d - W) / 7.0));
+            double got = ap_lr_at(&s, 2e-3, d, T);
+            CHECK_MSG(fabs(got - 2e-3 * f) <= 1e-15, "%s: update %d: %g vs %g", ap_lr_kind_name(s.kind), d, got,
+                      2e-3 * f);
+        }
+    }
+    ap_lr_schedule none = {AP_LR_LINEAR, 0};
+    CHECK(ap_lr_at(&none, 1.0, 0, 4) == 1.0 && ap_lr_at(&none, 1.0, 3, 4) == 0.25);
+    CHECK(ap_lr_kind_parse("exponential") == -1 && ap_lr_kind_parse(NULL) == -1);
+}
+
 int main(void) {
     ap_ctx *c = test_ctx();
+    test_lr_schedules();
     test_against_reference(c, 0.0, 1.0f, "no clip");
     test_against_reference(c, 1.0, 3.0f, "clip 1.0");
     test_defaults_and_skip(c);

@@ -106,10 +106,14 @@ int main(void) {
      * non-kept UNet outputs are constants: record them once, replay them in
      * every finite-difference evaluation */
     ap_tensor *rec[3] = {0};
-    /* (fixed:1 is not checked this way: the last DDIM step weighs eps by about
-     * 0.03, so its gradient on this tiny chain is below the f32 noise of finite
-     * differences; fixed:2 exercises the same machinery) */
-    for (int K = 2; K <= 2; K++) {
+    for (int K = 1; K <= 2; K++) {
+        /* fixed:1 with SD's leading timesteps keeps only the step from t = 1,
+         * which weighs eps by about 0.01: its gradient is below the f32 noise of
+         * finite differences on this tiny chain. Trailing timesteps (999, 666,
+         * 332) make the last step a large one; its gradients (~1e-5) still sit
+         * near the noise (~1e-7), so the step is larger and elements below 1% of
+         * the largest are compared absolutely. */
+        ch.o.spacing = K == 1 ? AP_SPACING_TRAILING : AP_SPACING_DEFAULT;
         ch.o.trunc.k = K;
         ch.o.record = rec;
         ap_tensor *r0 = run_chain(c, &ch, 0, NULL);
@@ -117,12 +121,20 @@ int main(void) {
         ap_tape_clear(c);
         ch.o.record = NULL;
         ch.o.replay = rec;
-        CHECK(rec[0] != NULL && rec[1] == NULL && rec[2] == NULL); /* step 0 detached, 1 and 2 kept */
-        gradcheck(c, "reward -> LoRA, fixed:2 (replayed constants)",
-                  run_chain, &ch, 4, leaves, &(gc_opts){.eps = 1e-2, .rtol = 3e-2, .atol = 3e-3, .max_elems = 6});
+        CHECK(rec[0] != NULL && (rec[1] != NULL) == (K == 1) && rec[2] == NULL); /* the last K steps kept */
+        char name[96];
+        snprintf(name, sizeof name, "reward -> LoRA, fixed:%d%s (replayed constants)", K,
+                 K == 1 ? ", trailing timesteps" : "");
+        gc_opts go = {.eps = 1e-2, .rtol = 3e-2, .atol = 3e-3, .max_elems = 6};
+        if (K == 1) { /* measured: eps 4e-2..5e-2 pass, below the noise wins, above the curvature */
+            go.eps = 5e-2;
+            go.atol = 1e-2;
+        }
+        gradcheck(c, name, run_chain, &ch, 4, leaves, &go);
         ch.o.replay = NULL;
         for (int i = 0; i < 3; i++) ap_tensor_release(rec[i]), rec[i] = NULL;
     }
+    ch.o.spacing = AP_SPACING_DEFAULT;
 
     /* plans */
     bool keep[10];
@@ -154,6 +166,42 @@ int main(void) {
     ap_tensor *ctx1 = test_rand(c, &r, 3, (int64_t[]){1, 77, 32}, -1, 1);
     CHECK(ap_sample_with_grad(c, ch.m, &ch.o, ctx1, ch.xT, &g, NULL, &lat, &img, NULL) == AP_ERR_SHAPE);
     ap_clear_error(c);
+
+    /* stepping over a chain (what a data-parallel rank does with the other
+     * ranks' chains) leaves the three streams where sampling it does: the
+     * latents, a random plan drawn per step and DDIM noise (eta > 0) */
+    {
+        ap_grad_sample_opts so = ch.o;
+        so.eta = 0.7f;
+        CHECK(ap_trunc_parse(c, "rand-step:0:3", &so.trunc) == AP_OK);
+        ap_rng ga[3], gb[3];
+        for (int i = 0; i < 3; i++) {
+            ap_rng_init(&ga[i], 10 + (uint64_t)i);
+            ap_rng_init(&gb[i], 10 + (uint64_t)i);
+        }
+        int prev = ap_set_grad_enabled(c, 0);
+        for (int rep = 0; rep < 2; rep++) {
+            ap_tensor *xT = ap_rng_randn_latents(c, &ga[0], 1, 4, 4, 4), *l = NULL, *im = NULL;
+            CHECK_MSG(ap_sample_with_grad(c, ch.m, &so, ch.ctx, xT, &ga[1], &ga[2], &l, &im, NULL) == AP_OK, "%s",
+                      ap_last_error(c));
+            ap_tensor_release(xT);
+            ap_tensor_release(l);
+            ap_tensor_release(im);
+            CHECK(ap_sample_skip_draws(c, &so, 1, 4, 4, 4, &gb[0], &gb[1], &gb[2]) == AP_OK);
+        }
+        ap_set_grad_enabled(c, prev);
+        static uint8_t sa[AP_RNG_STATE_BYTES], sb[AP_RNG_STATE_BYTES];
+        for (int i = 0; i < 3; i++) {
+            ap_rng_get_state(&ga[i], sa);
+            ap_rng_get_state(&gb[i], sb);
+            CHECK_MSG(!memcmp(sa, sb, sizeof sa), "stream %d: skipping two chains = sampling them", i);
+        }
+        uint8_t s0[AP_RNG_STATE_BYTES];
+        ap_rng fresh;
+        ap_rng_init(&fresh, 12);
+        ap_rng_get_state(&fresh, s0);
+        CHECK_MSG(memcmp(s0, sb, sizeof s0) != 0, "the noise stream was drawn from");
+    }
 
     for (int i = 0; i < 4; i++) ap_tensor_release(leaves[i]);
     ap_tensor_release(ctx1);

@@ -8,6 +8,7 @@
 #include "test.h"
 #include "train/trainer.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,6 +48,7 @@ static void slurp(const char *path, char **buf, size_t *len) {
     fseek(f, 0, SEEK_SET);
     *buf = malloc(*len + 1);
     if (fread(*buf, 1, *len, f) != *len) *len = 0;
+    (*buf)[*len] = 0;
     fclose(f);
 }
 
@@ -134,6 +136,11 @@ static void test_resume(ap_ctx *c, const char *dir, const char *model) {
     CHECK(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "width"));
     ap_clear_error(c);
     o.width = 16;
+    o.accum = 2; /* other chains per step (ranks x accumulation) */
+    CHECK_MSG(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "1 = 1 chains per step, this run has 1 x 2 = 2"),
+              "%s", ap_last_error(c));
+    ap_clear_error(c);
+    o.accum = 1;
     o.out_dir = dir; /* no checkpoints there */
     CHECK(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "no complete checkpoint"));
     ap_clear_error(c);
@@ -157,6 +164,47 @@ static void test_resume(ap_ctx *c, const char *dir, const char *model) {
     snprintf(p, sizeof p, "%s/lora.safetensors", full);
     snprintf(q, sizeof q, "%s/lora.safetensors", part);
     CHECK(same_file(p, q));
+}
+
+/* --init-lora starts from a file's adapters (here unchanged by a step at lr 0),
+ * and the logged learning rate follows the schedule. */
+static void test_init_lora_and_schedule(ap_ctx *c, const ap_train_opts *base, const char *dir, const char *from) {
+    ap_train_opts o = *base;
+    char run[300], p[400], q[400];
+    snprintf(run, sizeof run, "%s/run_init", dir);
+    o.out_dir = run;
+    o.init_lora = from;
+    o.steps = 1;
+    o.lr = 0;
+    CHECK_MSG(ap_train(c, &o) == AP_OK, "%s", ap_last_error(c));
+    snprintf(q, sizeof q, "%s/lora.safetensors", run);
+    CHECK_MSG(same_file(from, q), "--init-lora then a step at lr 0 keeps the adapters bit for bit");
+    o.init_lora = "/nonexistent/lora.safetensors";
+    CHECK(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "/nonexistent/lora.safetensors"));
+    ap_clear_error(c);
+
+    o = *base;
+    snprintf(run, sizeof run, "%s/run_cosine", dir);
+    o.out_dir = run;
+    o.steps = 6;
+    o.lr_schedule.kind = AP_LR_COSINE;
+    o.lr_schedule.warmup = 2;
+    CHECK_MSG(ap_train(c, &o) == AP_OK, "%s", ap_last_error(c));
+    snprintf(p, sizeof p, "%s/log.jsonl", run);
+    char *text = NULL;
+    size_t len = 0;
+    slurp(p, &text, &len);
+    /* update s (0-based) of T = 6 with W = 2: s/W, then (1 + cos(pi (s-W)/(T-W)))/2 */
+    const double want[6] = {0, 0.5, 1, 0.5 * (1 + cos(M_PI * 0.25)), 0.5, 0.5 * (1 + cos(M_PI * 0.75))};
+    const char *at = text;
+    for (int s = 0; s < 6; s++) {
+        at = at ? strstr(at, "\"lr\": ") : NULL;
+        double lr = at ? strtod(at + 6, NULL) : -1;
+        CHECK_MSG(fabs(lr - base->lr * want[s]) <= 1e-5 * base->lr, "step %d: lr %g, expected %g", s + 1, lr,
+                  base->lr * want[s]);
+        if (at) at++;
+    }
+    free(text);
 }
 
 int main(void) {
@@ -226,6 +274,9 @@ int main(void) {
     CHECK(ap_train(c, &o) != AP_OK && strstr(ap_last_error(c), "/nonexistent/model"));
     ap_clear_error(c);
     test_resume(c, dir, model);
+    snprintf(path, sizeof path, "%s/lora.safetensors", run1);
+    o.model = model;
+    test_init_lora_and_schedule(c, &o, dir, path);
     ap_sd_free(m);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

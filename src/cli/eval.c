@@ -85,11 +85,15 @@ int ap_cli_eval(int argc, char **argv) {
     }
     int total = ps.n * per;
     double sum = 0, sum2 = 0;
+    /* rewards' extra metrics (e.g. jpeg_kb, libjpeg's exact size), reported beside the reward */
+    const char *mnames[AP_REWARD_METRICS_MAX];
+    double mval[AP_REWARD_METRICS_MAX], msum[AP_REWARD_METRICS_MAX] = {0}, msum2[AP_REWARD_METRICS_MAX] = {0};
+    int nm = 0;
     ap_progress bar;
     ap_progress_begin(&bar, "evaluating");
     ap_set_grad_enabled(c, 0);
     for (int p = 0; p < ps.n; p++) {
-        double ps_sum = 0;
+        double ps_sum = 0, ps_m[AP_REWARD_METRICS_MAX] = {0};
         for (int k = 0; k < per; k++) {
             o.prompt = ps.text[p];
             o.seed = (uint64_t)k;
@@ -104,6 +108,12 @@ int ap_cli_eval(int argc, char **argv) {
             double v = ((const float *)ap_tensor_cdata(r))[0];
             ap_tensor_release(r);
             sum += v, sum2 += v * v, ps_sum += v;
+            nm = ap_reward_mix_metrics(c, mix, img, mnames, mval);
+            if (nm < 0) {
+                ap_tensor_release(img);
+                goto done;
+            }
+            for (int j = 0; j < nm; j++) msum[j] += mval[j], msum2[j] += mval[j] * mval[j], ps_m[j] += mval[j];
             if (grid) {
                 ap_tensor *cat = all ? ap_concat_batch(c, all, img) : ap_tensor_retain(img);
                 ap_tensor_release(all);
@@ -112,13 +122,19 @@ int ap_cli_eval(int argc, char **argv) {
             ap_tensor_release(img);
             ap_progress_update(&bar, p * per + k + 1, total, NULL);
         }
-        printf("%8.5f  %s\n", ps_sum / per, ps.text[p]);
+        printf("%8.5f  ", ps_sum / per);
+        for (int j = 0; j < nm; j++) printf("%s=%.4g  ", mnames[j], ps_m[j] / per);
+        printf("%s\n", ps.text[p]);
     }
     ap_progress_end(&bar);
     double mean = sum / total, sd = total > 1 ? sqrt(fmax(0, (sum2 - total * mean * mean) / (total - 1))) : 0;
     char spec[256];
     printf("reward %s over %d images (%d prompts x %d seeds): mean %.6g, std %.6g\n",
            ap_reward_mix_str(mix, spec, sizeof spec), total, ps.n, per, mean, sd);
+    for (int j = 0; j < nm; j++) {
+        double mm = msum[j] / total, ms = total > 1 ? sqrt(fmax(0, (msum2[j] - total * mm * mm) / (total - 1))) : 0;
+        printf("  %s: mean %.6g, std %.6g\n", mnames[j], mm, ms);
+    }
     if (grid) {
         const char *keys[] = {"prompt"}, *vals[] = {psrc};
         if (ap_png_write_grid(c, grid, all, per, 1, keys, vals) != AP_OK) goto done;

@@ -20,6 +20,8 @@ static int usage(FILE *f) {
             "  lora        operations on LoRA files (lora mix A B --alpha X -o C)\n"
             "  init        write a model with random weights (tiny, small or sd15)\n"
             "  inspect     show what a model folder or weights file holds\n"
+            "  shapes      write a grid of the procedural shapes dataset and its captions\n"
+            "  train-counter  train the counting model of the count reward on the shapes dataset\n"
             "\n"
             "environment: AP_NUM_THREADS (threads), AP_PRECISION (f32|bf16)\n");
     return f == stderr ? 2 : 0;
@@ -33,6 +35,8 @@ int ap_cli_train(int argc, char **argv);
 int ap_cli_eval(int argc, char **argv);
 int ap_cli_lora(int argc, char **argv);
 int ap_cli_inspect(int argc, char **argv);
+int ap_cli_shapes(int argc, char **argv);
+int ap_cli_train_counter(int argc, char **argv);
 
 /* OpenMP's default wait policy spins at every barrier. On a shared machine
  * whose other cores are busy, a spinning thread waits for one that is not
@@ -63,6 +67,8 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "lora")) return ap_cli_lora(argc - 1, argv + 1);
     if (!strcmp(cmd, "init")) return ap_cli_init(argc - 1, argv + 1);
     if (!strcmp(cmd, "inspect")) return ap_cli_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "shapes")) return ap_cli_shapes(argc - 1, argv + 1);
+    if (!strcmp(cmd, "train-counter")) return ap_cli_train_counter(argc - 1, argv + 1);
     fprintf(stderr, "alignprop: unknown command '%s'\n", cmd);
     return usage(stderr);
 }

@@ -1,20 +1,35 @@
 /* alignprop train: AlignProp reward backpropagation into LoRA adapters. */
 #include "progress.h"
+#include "train/dist.h"
 #include "train/trainer.h"
 
 #include <math.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 int ap_cli_parse_dtype(const char *s, ap_dtype *out);
 
+/* Under mpirun every rank parses the same arguments and agrees on training
+ * errors (rank 0 holds the message), so only rank 0 speaks. */
+static bool g_talk = true;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
+    if (!g_talk) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
 static int usage(void) {
-    fprintf(stderr,
-            "usage: alignprop train --model PATH --reward SPEC --out RUNDIR [options]\n"
-            "  --reward SPEC          reward or weighted mixture: brightness | saturation | aesthetic | hps |\n"
-            "                         pickscore | a=1,b=0.5\n"
+    say("usage: alignprop train --model PATH --reward SPEC --out RUNDIR [options]\n"
+            "  --reward SPEC          reward or weighted mixture: brightness | saturation | jpeg | count | aesthetic |\n"
+            "                         hps | pickscore | a=1,b=0.5\n"
             "  --loss maximize|minimize|target:T   (the reward's default: target:10 for aesthetic, else maximize)\n"
             "  --models-dir DIR       reward models' weights (AP_MODELS_DIR, else ~/.local/share/alignprop/models)\n"
             "  --reward-resize M      CLIP rewards' resize to 224: bilinear (default) | bilinear-noaa | bicubic |\n"
@@ -34,6 +49,8 @@ static int usage(void) {
             "  --width W --height H   image size (512)\n"
             "  --lora-rank R --alpha A  LoRA rank (4) and alpha (rank)\n"
             "  --lr X --weight-decay X --clip X --loss-coeff X   (1e-3, 1e-4, 1.0, 0.01)\n"
+            "  --lr-schedule S        constant (default) | linear | cosine, after --warmup-steps N (0)\n"
+            "  --init-lora FILE       start from these adapters (kohya, diffusers or peft; same rank)\n"
             "  --seed N               (0)\n"
             "  --weights-dtype D      bf16 (default) | f32 | f16\n"
             "  --precision P          f32 | bf16 (default: AP_PRECISION or f32)\n"
@@ -41,17 +58,23 @@ static int usage(void) {
             "  --save-every N         checkpoint every N steps (50; 0: only at the end)\n"
             "  --keep-checkpoints K   complete checkpoints kept (3; 0: all)\n"
             "  --resume [RUNDIR]      continue RUNDIR (or -o) from its newest complete checkpoint\n"
-            "Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits 130 (143).\n");
+            "Ctrl-C (or SIGTERM, SIGUSR1) finishes the current step, writes a checkpoint and exits 130 (143, 138).\n"
+            "Data-parallel: mpirun -np N alignprop train ... (docs/distributed.md); the global batch is\n"
+            "N x --batch-size x --grad-accum.\n");
     return 2;
 }
 
 static volatile sig_atomic_t g_stop; /* the signal that asked to stop, 0 while none */
 static int g_last_step;
+static int g_exit_rank = -1, g_exit_step = -1; /* AP_TEST_DIST_EXIT=RANK:STEP */
 
 static void on_signal(int sig) { g_stop = sig; }
 
 static void on_progress(void *u, int step, int total, double r) {
     g_last_step = step;
+    /* for the tests: a rank that dies in the middle of a run */
+    if (step == g_exit_step && ap_dist_rank() == g_exit_rank) _exit(3);
+    if (!g_talk) return;
     char extra[64];
     snprintf(extra, sizeof extra, "reward %.4g", r);
     ap_progress_update(u, step, total, extra);
@@ -61,14 +84,14 @@ static int num(const char *flag, const char *s, double lo, double hi, double *ou
     char *end;
     double v = strtod(s, &end);
     if (!*s || *end || !isfinite(v) || v < lo || v > hi) {
-        fprintf(stderr, "alignprop train: %s %s: expected a number in [%g, %g]\n", flag, s, lo, hi);
+        say("alignprop train: %s %s: expected a number in [%g, %g]\n", flag, s, lo, hi);
         return -1;
     }
     *out = v;
     return 0;
 }
 
-int ap_cli_train(int argc, char **argv) {
+static int train_main(int argc, char **argv) {
     ap_train_opts o;
     ap_train_defaults(&o);
     o.out_dir = NULL;
@@ -83,7 +106,7 @@ int ap_cli_train(int argc, char **argv) {
             continue;
         }
         if (!val || a[0] != '-') {
-            fprintf(stderr, "alignprop train: unknown or incomplete option '%s'\n", a);
+            say("alignprop train: unknown or incomplete option '%s'\n", a);
             return usage();
         }
         i++;
@@ -111,6 +134,13 @@ int ap_cli_train(int argc, char **argv) {
         else if (!strcmp(a, "--cfg")) { if (num(a, val, 0, 100, &v)) return 2; o.cfg = (float)v; }
         else if (!strcmp(a, "--eta")) { if (num(a, val, 0, 10, &v)) return 2; o.eta = (float)v; }
         else if (!strcmp(a, "--lr")) { if (num(a, val, 0, 10, &v)) return 2; o.lr = v; }
+        else if (!strcmp(a, "--warmup-steps")) { if (num(a, val, 0, 1e7, &v)) return 2; o.lr_schedule.warmup = (int)v; }
+        else if (!strcmp(a, "--init-lora")) o.init_lora = val;
+        else if (!strcmp(a, "--lr-schedule")) {
+            int k = ap_lr_kind_parse(val);
+            if (k < 0) { fprintf(stderr, "alignprop train: --lr-schedule %s: expected constant, linear or cosine\n", val); return 2; }
+            o.lr_schedule.kind = (ap_lr_kind)k;
+        }
         else if (!strcmp(a, "--weight-decay")) { if (num(a, val, 0, 10, &v)) return 2; o.weight_decay = v; }
         else if (!strcmp(a, "--clip")) { if (num(a, val, 0, 1e9, &v)) return 2; o.clip = v; }
         else if (!strcmp(a, "--loss-coeff")) { if (num(a, val, -1e6, 1e6, &v)) return 2; o.loss_coeff = v; }
@@ -118,71 +148,98 @@ int ap_cli_train(int argc, char **argv) {
         else if (!strcmp(a, "--keep-checkpoints")) { if (num(a, val, 0, 1e6, &v)) return 2; o.keep_checkpoints = (int)v; }
         else if (!strcmp(a, "--seed")) { if (num(a, val, 0, 1e18, &v)) return 2; o.seed = (uint64_t)v; }
         else if (!strcmp(a, "--weights-dtype")) {
-            if (ap_cli_parse_dtype(val, &o.weights_dtype)) { fprintf(stderr, "alignprop train: --weights-dtype %s: expected bf16, f32 or f16\n", val); return 2; }
+            if (ap_cli_parse_dtype(val, &o.weights_dtype)) { say("alignprop train: --weights-dtype %s: expected bf16, f32 or f16\n", val); return 2; }
         } else if (!strcmp(a, "--lora-format")) {
             int f = ap_lora_format_parse(val);
-            if (f < 0) { fprintf(stderr, "alignprop train: --lora-format %s: expected kohya, diffusers or peft\n", val); return 2; }
+            if (f < 0) { say("alignprop train: --lora-format %s: expected kohya, diffusers or peft\n", val); return 2; }
             o.export_format = (ap_lora_format)f;
-        } else { fprintf(stderr, "alignprop train: unknown option '%s'\n", a); return usage(); }
+        } else { say("alignprop train: unknown option '%s'\n", a); return usage(); }
     }
     if (resume_dir && o.out_dir && strcmp(resume_dir, o.out_dir)) {
-        fprintf(stderr, "alignprop train: --resume %s and -o %s name different run directories\n", resume_dir, o.out_dir);
+        say("alignprop train: --resume %s and -o %s name different run directories\n", resume_dir, o.out_dir);
         return 2;
     }
     if (resume_dir) o.out_dir = resume_dir;
     if (!o.model || !o.reward || !o.out_dir) {
-        fprintf(stderr, "alignprop train: --model, --reward and -o are required\n");
+        say("alignprop train: --model, --reward and -o are required\n");
         return usage();
     }
     ap_ctx *c = NULL;
-    if (ap_ctx_create_checked(&c) != AP_OK) {
+    if (ap_ctx_create_checked(&c) != AP_OK) { /* local to this rank: it speaks */
         fprintf(stderr, "alignprop train: %s\n", ap_last_error(c));
         ap_ctx_free(c);
         return 2;
     }
     if (precision && strcmp(precision, "f32") && strcmp(precision, "bf16")) {
-        fprintf(stderr, "alignprop train: --precision %s: expected f32 or bf16\n", precision);
+        say("alignprop train: --precision %s: expected f32 or bf16\n", precision);
         ap_ctx_free(c);
         return 2;
     }
     if (precision) ap_set_precision(c, !strcmp(precision, "bf16") ? AP_PREC_BF16 : AP_PREC_F32);
     if (trunc && ap_trunc_parse(c, trunc, &o.trunc) != AP_OK) {
-        fprintf(stderr, "alignprop train: --truncation: %s\n", ap_last_error(c));
+        say("alignprop train: --truncation: %s\n", ap_last_error(c));
         ap_ctx_free(c);
         return 2;
     }
+    int ranks = ap_dist_size();
+    if (g_talk)
+        printf("alignprop train: global batch %d = %d rank%s x batch %d x accumulation %d%s%s\n",
+               ranks * o.batch * o.accum, ranks, ranks == 1 ? "" : "s", o.batch, o.accum, ranks > 1 ? "; " : "",
+               ap_dist_library());
+    fflush(stdout);
     ap_progress bar;
-    ap_progress_begin(&bar, "training");
+    if (g_talk) ap_progress_begin(&bar, "training");
     o.progress = on_progress;
     o.progress_user = &bar;
     g_stop = 0;
     o.stop = &g_stop;
-    struct sigaction sa, old_int, old_term;
+    /* SIGUSR1: Open MPI's mpirun forwards it to every rank (it turns SIGINT
+     * and SIGTERM into killing the job), so it is the clean stop of a job */
+    struct sigaction sa, old_int, old_term, old_usr1;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigemptyset(&sa.sa_mask);
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
+    sigaction(SIGUSR1, &sa, &old_usr1);
     double t0 = ap_now();
     ap_status st = ap_train(c, &o);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    ap_progress_end(&bar);
+    sigaction(SIGUSR1, &old_usr1, NULL);
+    if (g_talk) ap_progress_end(&bar);
     if (st != AP_OK) {
-        fprintf(stderr, "alignprop train: %s\n", ap_last_error(c));
+        say("alignprop train: %s\n", ap_last_error(c));
         ap_ctx_free(c);
         return 1;
     }
     if (g_stop) {
-        fprintf(stderr,
+        say(
                 "alignprop train: interrupted (%s) after step %d; checkpoint written in %s/checkpoints; "
                 "continue with --resume %s\n",
-                g_stop == SIGINT ? "SIGINT" : "SIGTERM", g_last_step, o.out_dir, o.out_dir);
+                g_stop == SIGINT ? "SIGINT" : g_stop == SIGTERM ? "SIGTERM" : "SIGUSR1", g_last_step, o.out_dir,
+                o.out_dir);
         ap_ctx_free(c);
         return 128 + (int)g_stop;
     }
-    printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, checkpoints/, "
-           "optimizer.safetensors)\n", o.steps, ap_now() - t0, o.out_dir);
+    if (g_talk)
+        printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, checkpoints/, "
+               "optimizer.safetensors)\n", o.steps, ap_now() - t0, o.out_dir);
     ap_ctx_free(c);
     return 0;
+}
+
+int ap_cli_train(int argc, char **argv) {
+    /* under an MPI launcher this process is one rank of the job; otherwise
+     * nothing happens and the run is single-process */
+    if (ap_dist_init(NULL) != AP_OK) {
+        fprintf(stderr, "alignprop train: cannot join the MPI job (MPI_Init failed)\n");
+        return 1;
+    }
+    g_talk = ap_dist_rank() == 0;
+    const char *ex = getenv("AP_TEST_DIST_EXIT");
+    if (ex && sscanf(ex, "%d:%d", &g_exit_rank, &g_exit_step) != 2) g_exit_rank = g_exit_step = -1;
+    int rc = train_main(argc, argv);
+    ap_dist_finalize();
+    return rc;
 }

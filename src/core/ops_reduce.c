@@ -1,10 +1,10 @@
 /* Row reductions and the small pointwise ops the rewards are built from:
- * sum_rows and mean_rows (over the last dim), abs, square, sqrt, add_scalar.
+ * sum_rows and mean_rows (over the last dim), abs, square, sqrt, log1p, add_scalar.
  *
  * Determinism: each row is summed on one thread in double, in an order that
  * depends on the row length only (ap_cpu_dsum), so results do not depend on
  * the thread count. What the backward needs: the row reductions and add_scalar
- * save nothing; abs, square and sqrt save their input. */
+ * save nothing; abs, square, sqrt and log1p save their input. */
 #include "backend/cpu/cpu_kernels.h"
 #include "internal.h"
 
@@ -70,13 +70,14 @@ ap_tensor *ap_sum_rows(ap_ctx *c, ap_tensor *x) { return reduce_rows(c, "sum_row
 ap_tensor *ap_mean_rows(ap_ctx *c, ap_tensor *x) { return reduce_rows(c, "mean_rows", x, true); }
 
 /* ------------------------------------------------------------ pointwise */
-typedef enum { PW_ABS, PW_SQUARE, PW_SQRT, PW_ADD_SCALAR } pw_kind;
+typedef enum { PW_ABS, PW_SQUARE, PW_SQRT, PW_LOG1P, PW_ADD_SCALAR } pw_kind;
 
 static inline float pw_fwd(pw_kind k, float x, float s) {
     switch (k) {
     case PW_ABS: return fabsf(x);
     case PW_SQUARE: return x * x;
     case PW_SQRT: return sqrtf(x);
+    case PW_LOG1P: return log1pf(x);
     case PW_ADD_SCALAR: return x + s;
     }
     return 0.0f;
@@ -89,6 +90,7 @@ static inline float pw_deriv(pw_kind k, float x) {
     case PW_ABS: return (float)((x > 0.0f) - (x < 0.0f));
     case PW_SQUARE: return 2.0f * x;
     case PW_SQRT: return 0.5f / sqrtf(x);
+    case PW_LOG1P: return 1.0f / (1.0f + x);
     case PW_ADD_SCALAR: return 1.0f;
     }
     return 0.0f;
@@ -129,6 +131,7 @@ static ap_tensor *pointwise(ap_ctx *c, const char *name, pw_kind k, ap_tensor *x
 ap_tensor *ap_abs(ap_ctx *c, ap_tensor *x) { return pointwise(c, "abs", PW_ABS, x, 0.0f); }
 ap_tensor *ap_square(ap_ctx *c, ap_tensor *x) { return pointwise(c, "square", PW_SQUARE, x, 0.0f); }
 ap_tensor *ap_sqrt(ap_ctx *c, ap_tensor *x) { return pointwise(c, "sqrt", PW_SQRT, x, 0.0f); }
+ap_tensor *ap_log1p(ap_ctx *c, ap_tensor *x) { return pointwise(c, "log1p", PW_LOG1P, x, 0.0f); }
 ap_tensor *ap_add_scalar(ap_ctx *c, ap_tensor *x, float s) {
     return pointwise(c, "add_scalar", PW_ADD_SCALAR, x, s);
 }

@@ -10,19 +10,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-typedef struct {
-    char down[600], up[600], alpha[600];
-    const char *format;
-} lora_keys;
-
 /* "a.b.c" -> "a_b_c" */
 static void underscores(char *s) {
     for (; *s; s++)
         if (*s == '.') *s = '_';
 }
 
-/* Fills up to max candidate key triples for module path P of component comp. */
-static int candidates(const char *comp, const char *P, lora_keys *k, int max, const ap_name_table *tab) {
+int ap_lora_key_candidates(const char *comp, const char *P, ap_lora_keys *k, int max, const ap_name_table *tab) {
     int n = 0;
     char base[512];
     const char *kpre = !strcmp(comp, "unet") ? "lora_unet_" : !strcmp(comp, "text_encoder") ? "lora_te_" : NULL;
@@ -107,8 +101,8 @@ ap_status ap_lora_merge_file(ap_ctx *c, ap_sd_model *m, const char *path, float 
             if (p->kind != AP_PARAM_WEIGHT || p->t->ndim != 2 || L < 8 || strcmp(p->name + L - 7, ".weight")) continue;
             char P[512];
             AP_FMT(P, "%.*s", (int)(L - 7), p->name);
-            lora_keys k[16];
-            int n = candidates(cnames[ci], P, k, 16, tab);
+            ap_lora_keys k[16];
+            int n = ap_lora_key_candidates(cnames[ci], P, k, 16, tab);
             int hit = -1, id = -1, iu = -1;
             for (int j = 0; j < n && hit < 0; j++) {
                 id = ap_weights_find(w, k[j].down);

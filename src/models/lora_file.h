@@ -12,6 +12,18 @@ typedef struct {
     const char *format; /* "kohya", "diffusers", "diffusers-attn-procs", "peft" */
 } ap_lora_merge_info;
 
+/* The key names one LoRA module may have in a file, one triple per format. */
+typedef struct {
+    char down[600], up[600], alpha[600];
+    const char *format; /* "kohya", "diffusers", "diffusers-attn-procs", "peft" */
+} ap_lora_keys;
+
+/* Fills up to max candidate key triples for the module at diffusers path P
+ * (e.g. "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q") of
+ * component comp ("unet" or "text_encoder"), most common format first; tab
+ * (may be NULL) adds kohya keys in LDM naming. Returns how many. */
+int ap_lora_key_candidates(const char *comp, const char *P, ap_lora_keys *k, int max, const ap_name_table *tab);
+
 /* Merges the LoRA in path (safetensors or PyTorch) into m with the given
  * strength. Keys: kohya (lora_unet_<path>.lora_down/lora_up/.alpha, also LDM
  * paths, and lora_te_ for the text encoder), diffusers ([unet.]<path>.lora.down/up,

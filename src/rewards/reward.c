@@ -20,14 +20,17 @@ typedef struct {
     ap_reward_create_fn create;
 } registry_entry;
 
-/* Built-ins first; the reward models (aesthetic, hps, pickscore, jpeg, count)
- * add their line here when they land. */
+/* Built-ins first; the reward models (aesthetic, hps, pickscore, jpeg) add
+ * their line here when they land. */
 static const registry_entry builtins[] = {
     {"brightness", ap_reward_create_brightness},
     {"saturation", ap_reward_create_saturation},
     {"aesthetic", ap_reward_create_aesthetic},
     {"hps", ap_reward_create_hps},
     {"pickscore", ap_reward_create_pickscore},
+    {"jpeg", ap_reward_create_jpeg},
+    {"jpeg-incompressibility", ap_reward_create_jpeg_incompressibility},
+    {"count", ap_reward_create_count},
 };
 #define N_BUILTINS (int)(sizeof builtins / sizeof builtins[0])
 
@@ -284,6 +287,42 @@ ap_tensor *ap_reward_mix_forward(ap_ctx *c, ap_reward_mix *m, ap_tensor *images,
         return NULL;
     }
     return total;
+}
+
+int ap_reward_mix_metrics(ap_ctx *c, ap_reward_mix *m, ap_tensor *images, const char **names, double *values) {
+    if (!c || ap_failed(c)) return -1;
+    if (!m || !ap_reward_check_images(c, "reward metrics", images)) {
+        if (!m) ap_seterr(c, AP_ERR_INVALID_ARG, "reward metrics: mixture is NULL");
+        return -1;
+    }
+    int64_t N = images->shape[0];
+    double *part = malloc((size_t)(AP_REWARD_METRICS_MAX * N) * sizeof *part);
+    if (!part) {
+        ap_seterr(c, AP_ERR_NOMEM, "reward metrics: out of memory");
+        return -1;
+    }
+    int n = 0;
+    for (int i = 0; i < m->n && n >= 0; i++) {
+        if (!m->parts[i]->metrics) continue;
+        const char *pn[AP_REWARD_METRICS_MAX];
+        int k = m->parts[i]->metrics(c, m->parts[i], images, pn, part);
+        if (k < 0 || k > AP_REWARD_METRICS_MAX) {
+            if (!ap_failed(c))
+                ap_seterr(c, AP_ERR_STATE, "reward %s: metrics returned %d", m->parts[i]->name, k);
+            n = -1;
+            break;
+        }
+        for (int j = 0; j < k && n < AP_REWARD_METRICS_MAX; j++) {
+            bool seen = false;
+            for (int q = 0; q < n; q++) seen = seen || !strcmp(names[q], pn[j]);
+            if (seen) continue;
+            names[n] = pn[j];
+            memcpy(values + n * N, part + j * N, (size_t)N * sizeof *values);
+            n++;
+        }
+    }
+    free(part);
+    return n;
 }
 
 /* ------------------------------------------------------------ losses */

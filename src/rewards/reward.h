@@ -20,10 +20,17 @@ struct ap_reward {
     ap_tensor *(*forward)(ap_ctx *c, ap_reward *self, ap_tensor *images, const char *const *prompts);
     void (*free)(ap_reward *self); /* frees user data and self; may be NULL (nothing owned) */
     void *user;
+    /* Optional (NULL: none). Extra per-image numbers that evaluation reports
+     * beside the reward, not differentiated (the jpeg rewards: libjpeg's exact
+     * file size). For images [N,H,W,3] writes up to AP_REWARD_METRICS_MAX
+     * names (static strings) and values[k*N + n]; returns how many, or -1 with
+     * the error in c. */
+    int (*metrics)(ap_ctx *c, ap_reward *self, ap_tensor *images, const char **names, double *values);
     /* The loss spec training uses when none is given ("target:10" for
      * aesthetic, as AlignProp's runs); NULL means "maximize". */
     const char *default_loss;
 };
+#define AP_REWARD_METRICS_MAX 8
 
 /* Options a reward's constructor may use. Zero-initialise; NULL means defaults. */
 typedef struct {
@@ -78,6 +85,11 @@ void ap_reward_mix_free(ap_reward_mix *m); /* accepts NULL */
  * rewards [N] (new references, on the tape like the total) for logging. */
 ap_tensor *ap_reward_mix_forward(ap_ctx *c, ap_reward_mix *m, ap_tensor *images, const char *const *prompts,
                                  ap_tensor **parts);
+/* The metrics of the mixture's parts, in order (a name two parts report is
+ * kept once, from the first): names[k] and values[k*N + n], values holding
+ * AP_REWARD_METRICS_MAX*N doubles. Returns how many (0 when no part has any),
+ * or -1 with the error in c. */
+int ap_reward_mix_metrics(ap_ctx *c, ap_reward_mix *m, ap_tensor *images, const char **names, double *values);
 /* The loss training uses when the user names none: the reward's own default
  * (its default_loss) when the mixture is that one reward with weight 1, else
  * "maximize" (a target is a value of one reward, not of a weighted sum). */
@@ -102,5 +114,11 @@ const char *ap_reward_loss_str(const ap_reward_loss *l, char *buf, size_t n);
 /* ------------------------------------------------------------ built-ins (simple.c) */
 ap_status ap_reward_create_brightness(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 ap_status ap_reward_create_saturation(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+/* jpeg.c: minus / plus the estimated JPEG size in kB at quality 95 */
+ap_status ap_reward_create_jpeg(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+ap_status ap_reward_create_jpeg_incompressibility(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
+/* count (count.c): the counting model's expected number of shapes, 1..5
+ * (rewards/counter.h says where the weights come from). */
+ap_status ap_reward_create_count(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 
 #endif

@@ -3,6 +3,8 @@
 
 #include "core/internal.h"
 #include "diffusion/rng.h"
+#include "models/lora_file.h"
+#include "models/weights.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,67 +307,73 @@ done:
     return st;
 }
 
-/* Copies the file's tensor key (converted to f32) into dst after checking its shape. */
-static ap_status load_into(ap_ctx *c, const ap_safetensors *st, const char *path, const char *key,
-                           ap_tensor *dst) {
-    int i = ap_st_find(st, key);
-    if (i < 0) return ap_seterr(c, AP_ERR_NOT_FOUND, "lora load: %s has no tensor %s", path, key);
+/* Copies tensor i of w (converted to f32) into dst after checking its shape
+ * ([r,in] / [out,r], or the same with trailing 1x1 conv dims). */
+static ap_status check_shape(ap_ctx *c, const ap_weights *w, int i, const ap_tensor *dst, int rank) {
     int64_t shape[AP_MAX_DIMS];
-    int nd = ap_st_shape(st, i, shape);
-    if (nd != 2 || shape[0] != ap_tensor_dim(dst, 0) || shape[1] != ap_tensor_dim(dst, 1))
-        return ap_seterr(c, AP_ERR_SHAPE, "lora load: %s: %s has %d dims [%lld,...], expected [%lld,%lld]", path,
-                         key, nd, nd > 0 ? (long long)shape[0] : 0LL, (long long)ap_tensor_dim(dst, 0),
-                         (long long)ap_tensor_dim(dst, 1));
+    int nd = ap_weights_shape(w, i, shape);
+    bool ok = nd >= 2 && shape[0] == ap_tensor_dim(dst, 0) && shape[1] == ap_tensor_dim(dst, 1);
+    for (int d = 2; d < nd; d++) ok &= shape[d] == 1;
+    if (!ok)
+        return ap_seterr(c, AP_ERR_SHAPE, "lora load: %s: %s has %d dims [%lld,%lld...], expected [%lld,%lld] (rank %d)",
+                         ap_weights_path(w), ap_weights_name(w, i), nd, nd > 0 ? (long long)shape[0] : 0LL,
+                         nd > 1 ? (long long)shape[1] : 0LL, (long long)ap_tensor_dim(dst, 0),
+                         (long long)ap_tensor_dim(dst, 1), rank);
+    return AP_OK;
+}
+
+static ap_status load_into(ap_ctx *c, const ap_weights *w, int i, ap_tensor *dst) {
     ap_tensor *t = NULL;
-    if (ap_st_load(c, st, key, AP_F32, &t) != AP_OK) return c->status;
+    if (ap_weights_load(c, w, i, AP_F32, &t) != AP_OK) return c->status;
     memcpy(ap_f32(dst), ap_f32(t), (size_t)ap_tensor_numel(dst) * sizeof(float));
     ap_tensor_release(t);
     ap_tensor_touch(dst);
     return AP_OK;
 }
 
-ap_status ap_lora_load(ap_ctx *c, ap_lora_set *s, const char *path) {
+ap_status ap_lora_load(ap_ctx *c, ap_lora_set *s, const char *path, const char **format) {
+    if (format) *format = NULL;
     if (ap_failed(c)) return c->status;
     if (!s || !path) return ap_seterr(c, AP_ERR_INVALID_ARG, "lora load: NULL %s", s ? "path" : "adapters");
-    ap_safetensors *st = NULL;
-    if (ap_st_open(c, path, &st) != AP_OK) return c->status;
-    /* check everything before changing anything: a failed load leaves s as it was */
+    ap_weights *w = NULL;
+    if (ap_weights_open(c, path, &w) != AP_OK) return c->status;
+    /* find and check everything before changing anything: a failed load leaves s as it was */
+    int *idx = malloc((size_t)s->n * 2 * sizeof *idx);
     float *scales = malloc((size_t)s->n * sizeof *scales);
-    if (!scales) {
-        ap_st_close(st);
-        return ap_seterr(c, AP_ERR_NOMEM, "lora load: out of memory");
-    }
-    char base[256], key[320];
+    const char *fmt = NULL;
+    if (!idx || !scales) ap_seterr(c, AP_ERR_NOMEM, "lora load: out of memory");
     for (int i = 0; i < s->n && !ap_failed(c); i++) {
         const ap_lora_module *m = &s->m[i];
-        kohya_base(base, sizeof base, m->target.path);
-        const char *suffix[2] = {".lora_down.weight", ".lora_up.weight"};
-        const ap_tensor *want[2] = {m->lora.down, m->lora.up};
-        for (int k = 0; k < 2; k++) {
-            snprintf(key, sizeof key, "%s%s", base, suffix[k]);
-            int j = ap_st_find(st, key);
-            int64_t shape[AP_MAX_DIMS];
-            if (j < 0) {
-                ap_seterr(c, AP_ERR_NOT_FOUND, "lora load: %s has no tensor %s (a kohya file is expected)",
-                          path, key);
-                break;
-            }
-            if (ap_st_shape(st, j, shape) != 2 || shape[0] != ap_tensor_dim(want[k], 0) ||
-                shape[1] != ap_tensor_dim(want[k], 1)) {
-                ap_seterr(c, AP_ERR_SHAPE, "lora load: %s: %s does not have shape [%lld,%lld] (rank %d)", path,
-                          key, (long long)ap_tensor_dim(want[k], 0), (long long)ap_tensor_dim(want[k], 1), s->rank);
-                break;
-            }
+        ap_lora_keys k[16];
+        int n = ap_lora_key_candidates("unet", m->target.path, k, 16, NULL), hit = -1;
+        for (int j = 0; j < n && hit < 0; j++) {
+            idx[2 * i] = ap_weights_find(w, k[j].down);
+            idx[2 * i + 1] = ap_weights_find(w, k[j].up);
+            if (idx[2 * i] >= 0 && idx[2 * i + 1] >= 0) hit = j;
         }
-        if (ap_failed(c)) break;
-        snprintf(key, sizeof key, "%s.alpha", base);
+        if (hit < 0) {
+            ap_seterr(c, AP_ERR_NOT_FOUND,
+                      "lora load: %s has no adapter for %s (looked for kohya, diffusers and peft keys, e.g. %s)",
+                      path, m->target.path, k[0].down);
+            break;
+        }
+        if (fmt && strcmp(fmt, k[hit].format)) {
+            ap_seterr(c, AP_ERR_FORMAT, "lora load: %s mixes %s and %s keys", path, fmt, k[hit].format);
+            break;
+        }
+        fmt = k[hit].format;
+        if (check_shape(c, w, idx[2 * i], m->lora.down, s->rank) != AP_OK ||
+            check_shape(c, w, idx[2 * i + 1], m->lora.up, s->rank) != AP_OK)
+            break;
+        /* kohya's alpha gives scale alpha/rank; the others fold it into up (scale 1) unless they say otherwise */
         float alpha = 0;
-        if (ap_st_find(st, key) >= 0) {
+        int ia = ap_weights_find(w, k[hit].alpha);
+        if (ia >= 0) {
             ap_tensor *a = NULL;
-            if (ap_st_load(c, st, key, AP_F32, &a) != AP_OK) break;
+            if (ap_weights_load(c, w, ia, AP_F32, &a) != AP_OK) break;
             if (ap_tensor_numel(a) != 1) {
                 ap_tensor_release(a);
-                ap_seterr(c, AP_ERR_SHAPE, "lora load: %s: %s is not a scalar", path, key);
+                ap_seterr(c, AP_ERR_SHAPE, "lora load: %s: %s is not a scalar", path, k[hit].alpha);
                 break;
             }
             alpha = ap_f32(a)[0];
@@ -375,15 +383,14 @@ ap_status ap_lora_load(ap_ctx *c, ap_lora_set *s, const char *path) {
     }
     for (int i = 0; i < s->n && !ap_failed(c); i++) {
         ap_lora_module *m = &s->m[i];
-        kohya_base(base, sizeof base, m->target.path);
-        snprintf(key, sizeof key, "%s.lora_down.weight", base);
-        if (load_into(c, st, path, key, m->lora.down) != AP_OK) break;
-        snprintf(key, sizeof key, "%s.lora_up.weight", base);
-        if (load_into(c, st, path, key, m->lora.up) != AP_OK) break;
+        if (load_into(c, w, idx[2 * i], m->lora.down) != AP_OK || load_into(c, w, idx[2 * i + 1], m->lora.up) != AP_OK)
+            break;
         m->lora.scale = scales[i];
     }
     if (!ap_failed(c) && s->n > 0) s->alpha = scales[0] * (float)s->rank;
+    if (!ap_failed(c) && format) *format = fmt;
+    free(idx);
     free(scales);
-    ap_st_close(st);
+    ap_weights_close(w);
     return c->status;
 }

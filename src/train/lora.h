@@ -78,10 +78,14 @@ int ap_lora_format_parse(const char *name);
  * store scale * up and declare alpha = rank: every loader then merges the same
  * W + scale * up @ down. */
 ap_status ap_lora_save(ap_ctx *c, const ap_lora_set *s, const char *path, ap_lora_format fmt);
-/* Loads adapters from a kohya file (ours, or any with the same modules and
- * rank) into s, for resuming: every module must be present with shapes
- * [rank,in] / [out,rank]; the per-module alpha (rank when absent or 0) sets
- * each scale. Values are copied in (the tensors stay the same objects). */
-ap_status ap_lora_load(ap_ctx *c, ap_lora_set *s, const char *path);
+/* Loads adapters into s (for resuming, or to start training from a file):
+ * kohya, diffusers or peft keys (ap_lora_key_candidates), in a safetensors or
+ * PyTorch file; every module of s must be present with shapes [rank,in] /
+ * [out,rank]; a per-module alpha (rank when absent or 0) sets each scale, so
+ * diffusers and peft files, whose scale is folded into up, load with scale 1
+ * and give the same merged weights. Values are copied in (the tensors stay the
+ * same objects); a failed load leaves s unchanged. *format (may be NULL)
+ * receives the format found. */
+ap_status ap_lora_load(ap_ctx *c, ap_lora_set *s, const char *path, const char **format);
 
 #endif

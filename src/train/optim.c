@@ -285,3 +285,26 @@ out:
     ap_st_close(st);
     return c->status;
 }
+
+/* ---- learning-rate schedules ---------------------------------------------- */
+static const char *const LR_KINDS[] = {"constant", "linear", "cosine"};
+
+int ap_lr_kind_parse(const char *name) {
+    for (int i = 0; name && i < 3; i++)
+        if (!strcmp(name, LR_KINDS[i])) return i;
+    return -1;
+}
+
+const char *ap_lr_kind_name(ap_lr_kind k) { return (unsigned)k < 3 ? LR_KINDS[k] : "?"; }
+
+double ap_lr_at(const ap_lr_schedule *s, double base_lr, int done, int total) {
+    int w = s->warmup > 0 ? s->warmup : 0;
+    if (done < w) return base_lr * (double)done / (double)w;
+    double span = total - w > 1 ? (double)(total - w) : 1.0;
+    double p = (double)(done - w) / span;
+    switch (s->kind) {
+    case AP_LR_LINEAR: return base_lr * fmax(0.0, 1.0 - p);
+    case AP_LR_COSINE: return base_lr * fmax(0.0, 0.5 * (1.0 + cos(M_PI * p)));
+    default: return base_lr;
+    }
+}

@@ -58,4 +58,19 @@ void ap_adamw_zero_grad(ap_adamw *o);
 ap_status ap_adamw_save(ap_adamw *o, const char *path);
 ap_status ap_adamw_load(ap_adamw *o, const char *path);
 
+/* Learning-rate schedules, as the transformers / diffusers schedulers define
+ * them: for the update after s completed steps (s = 0 for the first) of T,
+ * with W warmup steps, factor = s/W while s < W, then with p = (s-W)/(T-W):
+ * constant 1, linear 1 - p, cosine (1 + cos(pi p))/2 (never below 0). */
+typedef enum { AP_LR_CONSTANT = 0, AP_LR_LINEAR, AP_LR_COSINE } ap_lr_kind;
+typedef struct {
+    ap_lr_kind kind;
+    int warmup; /* steps */
+} ap_lr_schedule;
+/* "constant" | "linear" | "cosine"; -1 when unknown. */
+int ap_lr_kind_parse(const char *name);
+const char *ap_lr_kind_name(ap_lr_kind k);
+/* The learning rate of the update after `done` completed steps of `total`. */
+double ap_lr_at(const ap_lr_schedule *s, double base_lr, int done, int total);
+
 #endif

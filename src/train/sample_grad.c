@@ -57,6 +57,7 @@ ap_status ap_sample_with_grad(ap_ctx *c, ap_sd_model *m, const ap_grad_sample_op
     if (o->eta > 0 && !noise_rng) return ap_seterr(c, AP_ERR_INVALID_ARG, "sample with gradient: eta > 0 needs a noise stream");
     ap_sampler_config sc = ap_sampler_config_sd15(AP_SAMPLER_DDIM);
     sc.eta = o->eta;
+    if (o->spacing != AP_SPACING_DEFAULT) sc.spacing = o->spacing;
     ap_sampler *s = ap_sampler_create(c, &sc, o->steps);
     bool *keep = malloc(sizeof(bool) * (size_t)(o->steps > 0 ? o->steps : 1));
     if (!s || !keep || ap_trunc_plan(c, &o->trunc, o->steps, trunc_rng, keep) != AP_OK) {
@@ -123,4 +124,36 @@ ap_status ap_sample_with_grad(ap_ctx *c, ap_sd_model *m, const ap_grad_sample_op
     *latents = x;
     *image = img;
     return AP_OK;
+}
+
+ap_status ap_sample_skip_draws(ap_ctx *c, const ap_grad_sample_opts *o, int64_t B, int64_t h, int64_t w, int64_t C,
+                               ap_rng *lat_rng, ap_rng *trunc_rng, ap_rng *noise_rng) {
+    if (ap_failed(c)) return c->status;
+    int64_t n = B * h * w * C;
+    /* the same calls with the same counts leave the same state (randn's
+     * paths depend on the count, so no shortcut through a total) */
+    float *buf = malloc(sizeof(float) * (size_t)(n > 0 ? n : 1)); // [B,C,h,w]
+    bool *keep = malloc(sizeof(bool) * (size_t)(o->steps > 0 ? o->steps : 1));
+    ap_sampler *s = NULL;
+    if (!buf || !keep) {
+        ap_seterr(c, AP_ERR_NOMEM, "out of memory");
+        goto out;
+    }
+    ap_rng_randn(lat_rng, buf, n);
+    if (ap_trunc_plan(c, &o->trunc, o->steps, trunc_rng, keep) != AP_OK) goto out;
+    if (o->eta > 0 && noise_rng) {
+        ap_sampler_config sc = ap_sampler_config_sd15(AP_SAMPLER_DDIM);
+        sc.eta = o->eta;
+        s = ap_sampler_create(c, &sc, o->steps);
+        for (int i = 0; s && i < o->steps && !ap_failed(c); i++) {
+            ap_step_coefs k;
+            if (ap_sampler_coefs(c, s, i, &k) != AP_OK) break;
+            if (k.draws_noise) ap_rng_randn(noise_rng, buf, n);
+        }
+    }
+out:
+    ap_sampler_free(s);
+    free(buf);
+    free(keep);
+    return c->status;
 }

@@ -5,6 +5,7 @@
 #define AP_TRAIN_TRAINER_H
 
 #include "train/lora.h"
+#include "train/optim.h"
 #include "train/truncation.h"
 
 #include <signal.h>
@@ -30,6 +31,8 @@ typedef struct {
     int rank;                /* 4 */
     float alpha;             /* rank */
     double lr, weight_decay, clip, loss_coeff; /* 1e-3, 1e-4, 1.0, 0.01 */
+    ap_lr_schedule lr_schedule; /* constant, no warmup */
+    const char *init_lora;   /* start the adapters from this file (any format, rank must match); NULL: random */
     uint64_t seed;
     ap_dtype weights_dtype;  /* bf16 */
     ap_lora_format export_format; /* kohya */
