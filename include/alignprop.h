@@ -270,6 +270,13 @@ ap_tensor *ap_sqrt(ap_ctx *c, ap_tensor *x);
 ap_tensor *ap_log1p(ap_ctx *c, ap_tensor *x);
 ap_tensor *ap_add_scalar(ap_ctx *c, ap_tensor *x, float s);
 
+/* What the CLIP rewards need beyond those. crop: x [N,H,W,C] -> the window
+ * [N,h,w,C] whose top-left pixel is x[:, top, left] (it must fit inside x).
+ * l2_normalize: each row of the last dim divided by max(its L2 norm, 1e-12),
+ * as torch.nn.functional.normalize. */
+ap_tensor *ap_crop(ap_ctx *c, ap_tensor *x, int64_t top, int64_t left, int64_t h, int64_t w);
+ap_tensor *ap_l2_normalize(ap_ctx *c, ap_tensor *x);
+
 /* ---------------------------------------------------------------- safetensors */
 typedef struct ap_safetensors ap_safetensors;
 

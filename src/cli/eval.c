@@ -18,6 +18,8 @@ static int usage(void) {
     fprintf(stderr,
             "usage: alignprop eval --model PATH --reward SPEC --prompts SRC [options]\n"
             "  --lora FILE[:SCALE]    merge adapters first (repeatable)\n"
+            "  --models-dir DIR       reward models' weights (AP_MODELS_DIR, else ~/.local/share/alignprop/models)\n"
+            "  --reward-resize M      CLIP rewards' resize: bilinear (default) | bilinear-noaa | bicubic | bicubic-noaa\n"
             "  --per-prompt N         images per prompt, seeds 0..N-1 (1)\n"
             "  --steps N --cfg S --width W --height H --negative TEXT   sampling (50, 7.5, 512, 512, \"\")\n"
             "  --weights-dtype D      bf16 (default) | f32 | f16\n"
@@ -27,6 +29,7 @@ static int usage(void) {
 
 int ap_cli_eval(int argc, char **argv) {
     const char *model = NULL, *reward = NULL, *psrc = NULL, *grid = NULL, *loras[16];
+    const char *models_dir = NULL, *resize = NULL;
     int n_lora = 0, per = 1;
     ap_dtype wdt = AP_BF16;
     ap_txt2img_opts o;
@@ -43,6 +46,8 @@ int ap_cli_eval(int argc, char **argv) {
         else if (!strcmp(a, "--reward")) reward = val;
         else if (!strcmp(a, "--prompts")) psrc = val;
         else if (!strcmp(a, "--grid")) grid = val;
+        else if (!strcmp(a, "--models-dir")) models_dir = val;
+        else if (!strcmp(a, "--reward-resize")) resize = val;
         else if (!strcmp(a, "--negative")) o.negative = val;
         else if (!strcmp(a, "--lora") && n_lora < 16) loras[n_lora++] = val;
         else if (!strcmp(a, "--weights-dtype")) {
@@ -70,8 +75,9 @@ int ap_cli_eval(int argc, char **argv) {
     ap_reward_mix *mix = NULL;
     ap_tensor *all = NULL;
     int rc = 1;
+    ap_reward_opts ropts = {.models_dir = models_dir, .resize = resize, .weights_dtype = wdt};
     if (ap_sd_load(c, model, wdt, &m) != AP_OK || ap_prompts_load(c, psrc, &ps) != AP_OK ||
-        ap_reward_mix_parse(c, reward, NULL, &mix) != AP_OK)
+        ap_reward_mix_parse(c, reward, &ropts, &mix) != AP_OK)
         goto done;
     for (int i = 0; i < n_lora; i++) {
         ap_lora_merge_info li;

@@ -28,8 +28,12 @@ static void say(const char *fmt, ...) {
 
 static int usage(void) {
     say("usage: alignprop train --model PATH --reward SPEC --out RUNDIR [options]\n"
-            "  --reward SPEC          reward or weighted mixture: brightness | saturation | a=1,b=0.5\n"
-            "  --loss maximize|minimize|target:T   (maximize)\n"
+            "  --reward SPEC          reward or weighted mixture: brightness | saturation | jpeg | count | aesthetic |\n"
+            "                         hps | pickscore | a=1,b=0.5\n"
+            "  --loss maximize|minimize|target:T   (the reward's default: target:10 for aesthetic, else maximize)\n"
+            "  --models-dir DIR       reward models' weights (AP_MODELS_DIR, else ~/.local/share/alignprop/models)\n"
+            "  --reward-resize M      CLIP rewards' resize to 224: bilinear (default) | bilinear-noaa | bicubic |\n"
+            "                         bicubic-noaa\n"
             "  --prompts SRC          prompt file (one per line) or builtin:simple_animals (default),\n"
             "                         builtin:hps_v2_all, builtin:eval_simple_animals, builtin:hps_v2_all_eval,\n"
             "                         builtin:shapes, builtin:shapes_eval (count-free captions of the shapes data)\n"
@@ -110,6 +114,8 @@ static int train_main(int argc, char **argv) {
         if (!strcmp(a, "--model")) o.model = val;
         else if (!strcmp(a, "--reward")) o.reward = val;
         else if (!strcmp(a, "--loss")) o.loss = val;
+        else if (!strcmp(a, "--models-dir")) o.models_dir = val;
+        else if (!strcmp(a, "--reward-resize")) o.reward_resize = val;
         else if (!strcmp(a, "--prompts")) o.prompts = val;
         else if (!strcmp(a, "--eval-prompts")) o.eval_prompts = val;
         else if (!strcmp(a, "--eval-every")) { if (num(a, val, 0, 1e7, &v)) return 2; o.eval_every = (int)v; }

@@ -2,6 +2,7 @@
 #include "rewards/reward.h"
 
 #include "core/internal.h"
+#include "rewards/clip_rewards.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -24,6 +25,9 @@ typedef struct {
 static const registry_entry builtins[] = {
     {"brightness", ap_reward_create_brightness},
     {"saturation", ap_reward_create_saturation},
+    {"aesthetic", ap_reward_create_aesthetic},
+    {"hps", ap_reward_create_hps},
+    {"pickscore", ap_reward_create_pickscore},
     {"jpeg", ap_reward_create_jpeg},
     {"jpeg-incompressibility", ap_reward_create_jpeg_incompressibility},
     {"count", ap_reward_create_count},
@@ -210,6 +214,21 @@ void ap_reward_mix_free(ap_reward_mix *m) {
     if (!m) return;
     for (int i = 0; i < m->n; i++) ap_reward_free(m->parts[i]);
     free(m);
+}
+
+const char *ap_reward_mix_default_loss(const ap_reward_mix *m) {
+    if (m && m->n == 1 && m->weights[0] == 1.0f && m->parts[0]->default_loss) return m->parts[0]->default_loss;
+    return "maximize";
+}
+
+const char *ap_reward_models_dir(const ap_reward_opts *opts, char *buf, size_t n) {
+    const char *env = getenv("AP_MODELS_DIR"), *xdg = getenv("XDG_DATA_HOME"), *home = getenv("HOME");
+    int k;
+    if (opts && opts->models_dir && *opts->models_dir) k = snprintf(buf, n, "%s", opts->models_dir);
+    else if (env && *env) k = snprintf(buf, n, "%s", env);
+    else if (xdg && *xdg) k = snprintf(buf, n, "%s/alignprop/models", xdg);
+    else k = snprintf(buf, n, "%s/.local/share/alignprop/models", home && *home ? home : ".");
+    return k >= 0 && (size_t)k < n ? buf : NULL;
 }
 
 const char *ap_reward_mix_str(const ap_reward_mix *m, char *buf, size_t n) {

@@ -26,14 +26,28 @@ struct ap_reward {
      * names (static strings) and values[k*N + n]; returns how many, or -1 with
      * the error in c. */
     int (*metrics)(ap_ctx *c, ap_reward *self, ap_tensor *images, const char **names, double *values);
+    /* The loss spec training uses when none is given ("target:10" for
+     * aesthetic, as AlignProp's runs); NULL means "maximize". */
+    const char *default_loss;
 };
 #define AP_REWARD_METRICS_MAX 8
 
-/* Options a reward's constructor may use (reward models find their weights
- * under models_dir). Zero-initialise; NULL means defaults. */
+/* Options a reward's constructor may use. Zero-initialise; NULL means defaults. */
 typedef struct {
+    /* Where reward models find their weights; NULL: $AP_MODELS_DIR, else
+     * $XDG_DATA_HOME/alignprop/models (~/.local/share/alignprop/models). See
+     * ap_reward_models_dir. */
     const char *models_dir;
+    /* The CLIP rewards' resize to their input size: "bilinear" (default),
+     * "bilinear-noaa", "bicubic", "bicubic-noaa" (clip_rewards.h). */
+    const char *resize;
+    /* Storage of the reward models' frozen weights: AP_F32 (0) or AP_BF16 / AP_F16. */
+    ap_dtype weights_dtype;
 } ap_reward_opts;
+
+/* The models directory opts (or the environment, or the default) names, in
+ * buf; NULL when it does not fit. */
+const char *ap_reward_models_dir(const ap_reward_opts *opts, char *buf, size_t n);
 
 typedef ap_status (*ap_reward_create_fn)(ap_ctx *c, const ap_reward_opts *opts, ap_reward **out);
 
@@ -76,6 +90,10 @@ ap_tensor *ap_reward_mix_forward(ap_ctx *c, ap_reward_mix *m, ap_tensor *images,
  * AP_REWARD_METRICS_MAX*N doubles. Returns how many (0 when no part has any),
  * or -1 with the error in c. */
 int ap_reward_mix_metrics(ap_ctx *c, ap_reward_mix *m, ap_tensor *images, const char **names, double *values);
+/* The loss training uses when the user names none: the reward's own default
+ * (its default_loss) when the mixture is that one reward with weight 1, else
+ * "maximize" (a target is a value of one reward, not of a weighted sum). */
+const char *ap_reward_mix_default_loss(const ap_reward_mix *m);
 /* The canonical spec ("brightness=1,saturation=0.5") into buf. */
 const char *ap_reward_mix_str(const ap_reward_mix *m, char *buf, size_t n);
 

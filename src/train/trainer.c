@@ -29,7 +29,7 @@ void ap_train_defaults(ap_train_opts *o) {
     o->prompts = "builtin:simple_animals";
     o->negative = "";
     o->reward = "brightness";
-    o->loss = "maximize";
+    o->loss = NULL; /* the reward's default */
     o->out_dir = "runs/train";
     o->steps = 100;
     o->batch = 1;
@@ -66,6 +66,7 @@ static ap_json *config_json(ap_ctx *c, const ap_train_opts *o) {
     ap_json_add_str(j, "negative", o->negative ? o->negative : "");
     ap_json_add_str(j, "reward", o->reward);
     ap_json_add_str(j, "loss", o->loss);
+    ap_json_add_str(j, "reward_resize", o->reward_resize ? o->reward_resize : "bilinear");
     ap_json_add_int(j, "steps", o->steps);
     ap_json_add_int(j, "batch", o->batch);
     ap_json_add_int(j, "accum", o->accum);
@@ -107,7 +108,7 @@ static ap_status write_config(ap_ctx *c, const ap_train_opts *o, const char *pat
  * coefficient may change (the new values apply from the next step). The
  * ranks and the accumulation may change when their product, the chains per
  * step, does not (checked apart). */
-static const char *const COMPAT_KEYS[] = {"model",  "prompts",      "negative", "reward", "loss",
+static const char *const COMPAT_KEYS[] = {"model",  "prompts",      "negative", "reward", "loss", "reward_resize",
                                           "batch",  "sample_steps", "cfg", "eta",
                                           "truncation", "width",    "height",   "lora_rank", "lora_alpha",
                                           "seed",   "weights_dtype", "init_lora"};
@@ -613,7 +614,14 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         st = ap_seterr(c, AP_ERR_IO, "%s: cannot create the run directory: %s", o->out_dir, strerror(errno));
     if (st == AP_OK) st = ap_sd_load(c, o->model, o->weights_dtype, &m);
     if (st == AP_OK) st = ap_prompts_load(c, o->prompts, &prompts);
-    if (st == AP_OK) st = ap_reward_mix_parse(c, o->reward, NULL, &mix);
+    ap_reward_opts ropts = {.models_dir = o->models_dir, .resize = o->reward_resize,
+                            .weights_dtype = o->weights_dtype};
+    if (st == AP_OK) st = ap_reward_mix_parse(c, o->reward, &ropts, &mix);
+    /* from here on o has the loss resolved (the reward's default when none was
+     * given), so config.json and the checkpoints record the loss used */
+    ap_train_opts resolved = *o;
+    if (st == AP_OK && !resolved.loss) resolved.loss = ap_reward_mix_default_loss(mix);
+    o = &resolved;
     if (st == AP_OK) st = ap_reward_loss_parse(c, o->loss, &loss);
     if (st == AP_OK) st = ap_lora_create(c, &m->cfg.unet, o->rank, o->alpha, o->seed, &lora);
     if (st == AP_OK && o->init_lora && !o->resume) st = ap_lora_load(c, lora, o->init_lora, NULL);

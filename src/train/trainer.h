@@ -16,7 +16,9 @@ typedef struct {
     const char *prompts;     /* file or builtin:NAME */
     const char *negative;    /* "" */
     const char *reward;      /* mixture spec ("brightness", "aesthetic=1,hps=0.5") */
-    const char *loss;        /* maximize | minimize | target:T */
+    const char *loss;        /* maximize | minimize | target:T; NULL: the reward's default (ap_reward_mix_default_loss) */
+    const char *models_dir;  /* reward models' weights (NULL: AP_MODELS_DIR or the default, see ap_reward_models_dir) */
+    const char *reward_resize; /* CLIP rewards' resize: bilinear (NULL) | bilinear-noaa | bicubic | bicubic-noaa */
     const char *out_dir;     /* run directory */
     int steps;               /* optimizer steps */
     int batch;               /* images per chain */
