@@ -21,7 +21,11 @@ test: all
 	  grep -v -E '^(Total Test time|[0-9]+% tests passed)' ctest.log; \
 	  grep -E '^Total Test time' ctest.log; grep -E '^[0-9]+% tests passed' ctest.log; exit $$st; }
 
+# The sanitizer settings CI uses (.ci/run); lsan.supp holds Open MPI's own leaks.
 test-asan:
+	ASAN_OPTIONS="$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:strict_string_checks=1}" \
+	UBSAN_OPTIONS="$${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
+	LSAN_OPTIONS="$${LSAN_OPTIONS:-suppressions=$(CURDIR)/.ci/lsan.supp}" \
 	$(MAKE) test BUILD=build-asan CMAKE_FLAGS="-DAP_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo"
 
 bench: configure
