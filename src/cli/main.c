@@ -12,7 +12,7 @@ static int usage(FILE *f) {
             "\n"
             "commands:\n"
             "  version     print the version\n"
-            "  demo        a tiny model made on the spot, through the whole pipeline (no demo model is shipped yet)\n"
+            "  demo        AlignProp on the shipped shapes model: the count reward, before and after (docs/demo.md)\n"
             "  tokenize    print the CLIP token ids of a prompt\n"
             "  sample      generate images from a prompt\n"
             "  train       AlignProp: train LoRA adapters by reward backpropagation\n"
