@@ -81,15 +81,22 @@ void ap_cpu_sum_rows(float *dst /* [cols] */, const float *src /* [rows,cols] */
                      float beta);
 
 /* Counters, for tests and benchmarks: primitives executed by kind, primitive
- * cache hits and misses, weight packings. */
+ * cache hits and misses; weight packings into the cache (packs) and into
+ * per-call temporaries (packs_transient, when the budget of ap_set_pack_cache
+ * has no room), lookups served by the cache (pack_hits), cached copies freed
+ * to make room (pack_evictions), and the bytes cached now (pack_bytes). */
 typedef struct {
     int64_t conv_fwd, conv_bwd_data, conv_bwd_weights, matmul;
     int64_t cache_hits, cache_misses, packs;
+    int64_t packs_transient, pack_hits, pack_evictions, pack_bytes;
 } ap_dnnl_stats;
 ap_dnnl_stats ap_dnnl_get_stats(ap_ctx *c);
 /* Turns this context's primitive cache on (default) or off (every call then
  * builds and destroys its primitive; for measuring what the cache saves). */
 void ap_dnnl_set_cache(ap_ctx *c, bool on);
+/* Packs weights with oneDNN reorders only (on) instead of the backend's own
+ * copy into blocked layouts (default); for tests that compare the two. */
+void ap_dnnl_set_pack_reorder(ap_ctx *c, bool on);
 /* The name of the oneDNN implementation the last executed primitive used
  * ("brgconv:avx512_core_bf16", ...), or "" (for tests and benchmarks). */
 const char *ap_dnnl_last_impl(ap_ctx *c);
