@@ -74,7 +74,6 @@ typedef struct dnnl_state {
     uint64_t tick, max_gap;    /* weight lookups so far; the longest gap between two of one weight */
     struct packs *reg_oldest;  /* every packs entry (with or without buffers), oldest first */
     struct packs *reg_newest;
-    bool pack_with_reorder;    /* pack by oneDNN reorders only (tests compare) */
 } dnnl_state;
 
 static void entry_destroy(pentry *e) {
@@ -191,11 +190,6 @@ size_t ap_get_pack_cache(ap_ctx *c) {
 size_t ap_mem_packed(ap_ctx *c) {
     dnnl_state *d = c ? state(c) : NULL;
     return d ? (size_t)d->stats.pack_bytes : 0;
-}
-
-void ap_dnnl_set_pack_reorder(ap_ctx *c, bool on) {
-    dnnl_state *d = state(c);
-    if (d) d->pack_with_reorder = on;
 }
 
 const char *ap_dnnl_last_impl(ap_ctx *c) {
@@ -529,112 +523,6 @@ static packs *packs_of(dnnl_state *d, ap_tensor *w, int kind) {
     return pk;
 }
 
-/* Copies plain-strided weights (smd) into a blocked layout of the same data
- * type (dmd), as a reorder would, or returns false when the pair is not one
- * this handles. oneDNN's reorder into the forward conv layouts (output
- * channels in blocks of 32 or 64, input pairs innermost) ran at 0.3-1.3 GB/s
- * here: several seconds per UNet call when weights are packed per call. The
- * offset of element (x0, x1, ...) in a blocked layout is a sum of one term
- * per dimension, so a table per dimension gives it; the source is read in
- * order, and threads take whole output blocks of the outermost dimension, so
- * no two write the same cache line. Padding (channels rounded up to the
- * block) is zeroed. */
-static bool pack_blocked(const dnnl_memory_desc_t *smd, const void *src, const dnnl_memory_desc_t *dmd, void *dst) {
-    int nd = dmd->ndims;
-    if (nd < 1 || nd > 4 || smd->ndims != nd || smd->data_type != dmd->data_type) return false;
-    if (dmd->format_kind != dnnl_blocked || smd->format_kind != dnnl_blocked) return false;
-    if (dmd->extra.flags || smd->extra.flags || dmd->offset0 || smd->offset0) return false;
-    size_t es = dnnl_data_type_size(dmd->data_type);
-    if (es != 2 && es != 4) return false;
-    const dnnl_blocking_desc_t *sb = &smd->format_desc.blocking, *db = &dmd->format_desc.blocking;
-    if (sb->inner_nblks) return false;
-    int64_t blk[4] = {1, 1, 1, 1}, total = 1;
-    for (int d = 0; d < nd; d++) {
-        if (smd->dims[d] != dmd->dims[d] || smd->padded_dims[d] != smd->dims[d]) return false;
-        total *= dmd->dims[d];
-    }
-    for (int j = 0; j < db->inner_nblks; j++) blk[db->inner_idxs[j]] *= db->inner_blks[j];
-    int64_t *tab[4] = {0}, *stab[4] = {0};
-    bool ok = true;
-    for (int d = 0; d < nd && ok; d++) {
-        tab[d] = malloc((size_t)dmd->dims[d] * sizeof(int64_t));
-        stab[d] = malloc((size_t)dmd->dims[d] * sizeof(int64_t));
-        ok = tab[d] && stab[d];
-        for (int64_t x = 0; ok && x < dmd->dims[d]; x++) {
-            int64_t off = (x / blk[d]) * db->strides[d], rem = x % blk[d], mult = 1;
-            for (int j = db->inner_nblks - 1; j >= 0; j--) {
-                if (db->inner_idxs[j] == d) {
-                    off += (rem % db->inner_blks[j]) * mult;
-                    rem /= db->inner_blks[j];
-                }
-                mult *= db->inner_blks[j];
-            }
-            tab[d][x] = off;
-            stab[d][x] = x * sb->strides[d];
-        }
-    }
-    if (ok) {
-        /* loops nest in the source's order (largest stride outermost); dims
-         * of size 1 are padded up to four loops */
-        int ord[4] = {0, 1, 2, 3};
-        for (int a = 0; a < nd; a++)
-            for (int b = a + 1; b < nd; b++)
-                if (sb->strides[ord[b]] > sb->strides[ord[a]]) {
-                    int t = ord[a];
-                    ord[a] = ord[b];
-                    ord[b] = t;
-                }
-        static const int64_t zero1[1] = {0};
-        const int64_t *T[4], *S[4];
-        int64_t n[4], chunk;
-        for (int k = 0; k < 4; k++) {
-            int k2 = k - (4 - nd); /* the innermost nd loops are the real dims */
-            T[k] = k2 >= 0 ? tab[ord[k2]] : zero1;
-            S[k] = k2 >= 0 ? stab[ord[k2]] : zero1;
-            n[k] = k2 >= 0 ? dmd->dims[ord[k2]] : 1;
-        }
-        chunk = blk[ord[0]];
-        size_t dbytes = dnnl_memory_desc_get_size(dmd);
-        if (dbytes > (size_t)total * es) memset(dst, 0, dbytes);
-        int64_t nchunks = (n[4 - nd] + chunk - 1) / chunk;
-        int outer = 4 - nd; /* the loop that threads split, in chunks of the block */
-#define PACK_LOOP(TYPE)                                                                                          \
-    _Pragma("omp parallel for schedule(static) if (total >= 65536)") for (int64_t ch = 0; ch < nchunks; ch++) { \
-        const TYPE *s_ = src;                                                                                    \
-        TYPE *d_ = dst;                                                                                          \
-        int64_t lo[4] = {0, 0, 0, 0}, hi[4] = {n[0], n[1], n[2], n[3]};                                          \
-        lo[outer] = ch * chunk;                                                                                  \
-        hi[outer] = lo[outer] + chunk < n[outer] ? lo[outer] + chunk : n[outer];                                 \
-        for (int64_t a = lo[0]; a < hi[0]; a++)                                                                  \
-            for (int64_t b = lo[1]; b < hi[1]; b++)                                                              \
-                for (int64_t c = lo[2]; c < hi[2]; c++) {                                                        \
-                    int64_t to = T[0][a] + T[1][b] + T[2][c], so = S[0][a] + S[1][b] + S[2][c];                  \
-                    for (int64_t e = 0; e < n[3]; e++) d_[to + T[3][e]] = s_[so + S[3][e]];                      \
-                }                                                                                                \
-    }
-        if (es == 2) {
-            PACK_LOOP(uint16_t)
-        } else {
-            PACK_LOOP(uint32_t)
-        }
-#undef PACK_LOOP
-    }
-    for (int d = 0; d < nd; d++) {
-        free(tab[d]);
-        free(stab[d]);
-    }
-    return ok;
-}
-
-/* w's data into buf in layout want: by pack_blocked where it applies, else
- * by a oneDNN reorder (and always by oneDNN when the state says so, which
- * the tests use to check the two agree). */
-static dnnl_status_t pack_into(dnnl_state *d, const dnnl_memory_desc_t *user, const void *src,
-                               const dnnl_memory_desc_t *want, void *buf) {
-    if (!d->pack_with_reorder && pack_blocked(user, src, want, buf)) return dnnl_success;
-    return reorder_once(d, user, src, want, buf);
-}
-
 /* Frees the buffers of cached entries that look dead (unused for longer than
  * the longest reuse gap seen: a text encoder that ran once, a phase that
  * ended) until need more bytes fit in the budget; true when they fit. A loop
@@ -703,7 +591,7 @@ static dnnl_status_t packed_weights(ap_ctx *c, dnnl_state *d, ap_tensor *w, int 
         if (wide) ap_convert(wide, AP_F32, src, AP_F16, w->numel);
         src = wide;
     }
-    dnnl_status_t s = buf && src ? pack_into(d, user, src, want, buf) : dnnl_out_of_memory;
+    dnnl_status_t s = buf && src ? reorder_once(d, user, src, want, buf) : dnnl_out_of_memory;
     free(wide);
     if (s != dnnl_success) {
         if (cache) free(buf);

@@ -94,9 +94,6 @@ ap_dnnl_stats ap_dnnl_get_stats(ap_ctx *c);
 /* Turns this context's primitive cache on (default) or off (every call then
  * builds and destroys its primitive; for measuring what the cache saves). */
 void ap_dnnl_set_cache(ap_ctx *c, bool on);
-/* Packs weights with oneDNN reorders only (on) instead of the backend's own
- * copy into blocked layouts (default); for tests that compare the two. */
-void ap_dnnl_set_pack_reorder(ap_ctx *c, bool on);
 /* The name of the oneDNN implementation the last executed primitive used
  * ("brgconv:avx512_core_bf16", ...), or "" (for tests and benchmarks). */
 const char *ap_dnnl_last_impl(ap_ctx *c);
