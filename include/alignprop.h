@@ -99,7 +99,7 @@ void ap_mem_trim(ap_ctx *c);
  * or G suffix, binary; "all" for no limit) or AP_PACK_CACHE_DEFAULT. Lowering
  * the budget frees cached copies. ap_mem_packed is the bytes cached now
  * (outside ap_mem_in_use). */
-#define AP_PACK_CACHE_DEFAULT ((size_t)512 << 20)
+#define AP_PACK_CACHE_DEFAULT ((size_t)1 << 30)
 ap_status ap_set_pack_cache(ap_ctx *c, size_t bytes);
 size_t ap_get_pack_cache(ap_ctx *c);
 size_t ap_mem_packed(ap_ctx *c);

@@ -20,9 +20,11 @@
  * budget (ap_set_pack_cache, AP_PACK_CACHE): at SD1.5 size the forward and
  * backward-data layouts of every frozen weight would otherwise hold two
  * copies beside the stored one (4.6 GB on top of 2.3 GB). A weight that does
- * not fit is packed into a temporary from the arena for the one primitive
- * call and released after it; that reorder reads and writes the weight once
- * per call, a few percent of the call (bench/RESULTS.md). First come, first
+ * not fit is packed, for the one primitive call, into a scratch buffer that
+ * the state keeps (as large as the largest such weight). That reorder costs
+ * time on every call (oneDNN reorders into the forward conv layouts at
+ * 0.3-1.3 GB/s on the Zen 4 VM; bench/RESULTS.md): the budget trades memory
+ * for speed. First come, first
  * cached; a cached copy is evicted only once it looks dead (unused for longer
  * than any weight's gap between two uses so far), so a loop whose weights
  * exceed the budget keeps a fixed cached part instead of thrashing. */
@@ -74,6 +76,8 @@ typedef struct dnnl_state {
     uint64_t tick, max_gap;    /* weight lookups so far; the longest gap between two of one weight */
     struct packs *reg_oldest;  /* every packs entry (with or without buffers), oldest first */
     struct packs *reg_newest;
+    void *scratch;             /* weights packed for one call when the cache has no room */
+    size_t scratch_bytes;
 } dnnl_state;
 
 static void entry_destroy(pentry *e) {
@@ -99,6 +103,7 @@ static void state_free(void *p) {
     dnnl_state *d = p;
     if (!d) return;
     registry_detach(d);
+    free(d->scratch);
     table_clear(d);
     free(d->tab);
     if (d->stream) dnnl_stream_destroy(d->stream);
@@ -523,6 +528,21 @@ static packs *packs_of(dnnl_state *d, ap_tensor *w, int kind) {
     return pk;
 }
 
+/* One buffer, kept by the state, for the weights packed per call (at most one
+ * is in use at a time: one per primitive call), grown to the largest: a
+ * temporary per call from the arena would take a block of each weight's size
+ * class, which the arena's bounded cache returns and maps again, call after
+ * call, page-faulting the weights' bytes each time. */
+static void *pack_scratch(dnnl_state *d, size_t bytes) {
+    if (bytes > d->scratch_bytes) {
+        free(d->scratch);
+        d->scratch = aligned_alloc(64, bytes);
+        d->scratch_bytes = d->scratch ? bytes : 0;
+        d->stats.pack_scratch_bytes = (int64_t)d->scratch_bytes;
+    }
+    return d->scratch;
+}
+
 /* Frees the buffers of cached entries that look dead (unused for longer than
  * the longest reuse gap seen: a text encoder that ran once, a phase that
  * ended) until need more bytes fit in the budget; true when they fit. A loop
@@ -542,9 +562,10 @@ static bool packs_make_room(dnnl_state *d, size_t need) {
 
 /* The data of weight w in layout want. user describes w's stored data (with
  * f32 for an f16 tensor). A cached copy is used when there is one; else w is
- * packed, into the cache when the budget has room, or else into t, a
- * temporary from the arena that the caller releases (tmp_release) once the
- * primitive has run. */
+ * packed, into the cache when the budget has room, or else into the state's
+ * scratch buffer (valid until the next packing), or, when that cannot grow,
+ * into t, a temporary from the arena that the caller releases (tmp_release)
+ * once the primitive has run. */
 static dnnl_status_t packed_weights(ap_ctx *c, dnnl_state *d, ap_tensor *w, int kind,
                                     const dnnl_memory_desc_t *user, const dnnl_memory_desc_t *want,
                                     const void **out, tmpbuf *t) {
@@ -578,6 +599,9 @@ static dnnl_status_t packed_weights(ap_ctx *c, dnnl_state *d, ap_tensor *w, int 
     void *buf = cache ? aligned_alloc(64, rounded) : NULL;
     if (!buf) {
         cache = false;
+        buf = pack_scratch(d, rounded);
+    }
+    if (!buf) { /* no scratch: a temporary from the arena */
         buf = ap_arena_alloc(c->arena, rounded);
         if (buf) {
             t->p = buf;
@@ -595,7 +619,7 @@ static dnnl_status_t packed_weights(ap_ctx *c, dnnl_state *d, ap_tensor *w, int 
     free(wide);
     if (s != dnnl_success) {
         if (cache) free(buf);
-        else tmp_release(c, t);
+        tmp_release(c, t);
         return s;
     }
     *out = buf;
