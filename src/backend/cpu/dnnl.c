@@ -545,7 +545,7 @@ static void *pack_scratch(dnnl_state *d, size_t bytes) {
 
 /* Frees the buffers of cached entries that look dead (unused for longer than
  * the longest reuse gap seen: a text encoder that ran once, a phase that
- * ended) until need more bytes fit in the budget; true when they fit. A loop
+ * ended) until `need` more bytes fit in the budget; true when they fit. A loop
  * whose weights come back within the gap keeps its cached set, so a budget
  * smaller than the loop's weights does not thrash. */
 static bool packs_make_room(dnnl_state *d, size_t need) {
