@@ -6,7 +6,13 @@
  * time of a whole 512x512 DDIM-50 sample: measured with --full, else estimated
  * as 50 UNet calls + one decode + one text encode.
  *
- *   build/bench/sd [--runs N] [--full] [--precision f32|bf16] [--json FILE]
+ * --pack-compare times only UNet calls, with a packed-weight cache that holds
+ * every weight, then with none (each call then packs every weight into a
+ * temporary): what the budget of ap_set_pack_cache costs at most.
+ * --pack-cache BYTES sets that budget for the other measurements.
+ *
+ *   build/bench/sd [--runs N] [--full] [--precision f32|bf16] [--json FILE] [--pack-cache BYTES]
+ *                  [--pack-compare]
  */
 #include "bench.h"
 #include "peaks.h"
@@ -14,9 +20,17 @@
 #include "models/sd.h"
 #include "pipeline/txt2img.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+
+static double max_rss_mib(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_maxrss / 1024.0;
+}
 
 static ap_tensor *rnd(ap_ctx *c, int ndim, const int64_t *shape, unsigned seed) {
     ap_tensor *t = ap_tensor_new(c, AP_F32, ndim, shape);
@@ -35,21 +49,28 @@ static void die(ap_ctx *c, const char *what) {
 }
 
 int main(int argc, char **argv) {
-    int runs = 3, full = 0;
+    int runs = 3, full = 0, compare = 0;
     const char *only = NULL, *json = NULL;
+    long long pack_cache = -1;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--runs") && i + 1 < argc) runs = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--full")) full = 1;
         else if (!strcmp(argv[i], "--precision") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
+        else if (!strcmp(argv[i], "--pack-cache") && i + 1 < argc) pack_cache = atoll(argv[++i]);
+        else if (!strcmp(argv[i], "--pack-compare")) compare = 1;
         else {
-            fprintf(stderr, "usage: %s [--runs N] [--full] [--precision f32|bf16] [--json FILE]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--runs N] [--full] [--precision f32|bf16] [--json FILE] [--pack-cache BYTES] "
+                    "[--pack-compare]\n",
+                    argv[0]);
             return 2;
         }
     }
     if (runs < 1 || runs > 50) runs = 3;
     ap_ctx *c = NULL;
     if (ap_ctx_create_checked(&c) != AP_OK) die(c, "context");
+    if (pack_cache >= 0) ap_set_pack_cache(c, (size_t)pack_cache);
     double pf = peak_gflops(PEAK_FMA, 1000000), pd = peak_gflops(PEAK_BF16DP, 1000000),
            pa = peak_gflops(PEAK_AMX, 250000);
     double pbf = pa > 0 ? pa : pd;
@@ -71,6 +92,27 @@ int main(int argc, char **argv) {
     ap_tensor *t = ap_tensor_new(c, AP_F32, 1, (int64_t[]){2});
     ((float *)ap_tensor_data(t))[0] = ((float *)ap_tensor_data(t))[1] = 501.0f;
     ap_tensor *z = rnd(c, 4, (int64_t[]){1, 64, 64, 4}, 3);
+    if (compare) {
+        ap_set_precision(c, only && !strcmp(only, "f32") ? AP_PREC_F32 : AP_PREC_BF16);
+        double tc[50], tn[50];
+        for (int k = 0; k < 2; k++) /* every weight cached (after a warm-up call that packs them), then none */
+            for (int r = k ? 0 : -1; r < runs; r++) {
+                ap_set_pack_cache(c, k ? 0 : SIZE_MAX);
+                double a = bench_now();
+                ap_tensor *e = ap_unet_forward(c, m->unet, x, t, ctx);
+                double b = bench_now();
+                if (!e) die(c, "unet");
+                ap_tensor_release(e);
+                if (r >= 0) (k ? tn : tc)[r] = b - a;
+            }
+        double mc = bench_median(tc, runs), mn = bench_median(tn, runs);
+        printf("UNet call, CFG batch 2 @64x64, %s: every weight cached %.3f s (fastest %.3f), none cached %.3f s "
+               "(fastest %.3f): repacking costs %+.3f s per call (%+.1f%%)\n",
+               ap_get_precision(c) == AP_PREC_BF16 ? "bf16" : "f32", mc, tc[0], mn, tn[0], mn - mc,
+               100.0 * (mn - mc) / mc);
+        printf("max RSS %.0f MiB\n", max_rss_mib());
+        return 0;
+    }
     FILE *js = json ? fopen(json, "w") : NULL;
     if (js) fprintf(js, "{\"peak_f32\": %.1f, \"peak_bf16\": %.1f, \"results\": [", pf, pbf);
     for (int p = 0; p < 2; p++) {
@@ -115,6 +157,9 @@ int main(int argc, char **argv) {
         printf("%-5s VAE decode 512x512:             %8.3f s  %6.3f TFLOP/s effective (%4.1f%% of peak)  peak memory %.0f MiB\n",
                pn, mv, fl_v / mv / 1e12, 100.0 * fl_v / mv / 1e9 / peak, mem_v / 1048576.0);
         printf("%-5s text encoder, 2 prompts:        %8.3f s\n", pn, mt);
+        printf("%-5s packed weight copies cached %.0f MiB (budget %.0f MiB), arena reserved %.0f MiB, max RSS %.0f MiB\n",
+               pn, ap_mem_packed(c) / 1048576.0, ap_get_pack_cache(c) / 1048576.0, ap_mem_reserved(c) / 1048576.0,
+               max_rss_mib());
         printf("%-5s 512x512 DDIM-50 sample, estimated: %.1f s (50 UNet calls + decode + text)\n", pn,
                50 * mu + mv + mt);
         if (js)

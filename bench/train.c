@@ -5,7 +5,13 @@
  * maximum RSS, and the seconds per training sample beside those of a plain
  * (no-gradient) sample with the same settings.
  *
- *   build/bench/train [--size 256] [--sample-steps 4] [--ks 1,2,4] [--precision bf16|f32]
+ * The maximum RSS only grows within a process: to see one configuration's
+ * own, run it alone (--ks 1 --no-plain). Beside it: the packed weight copies
+ * cached (ap_mem_packed, within --pack-cache BYTES or the default budget) and
+ * the arena's reserved bytes (live tensors plus its cache) after the step.
+ *
+ *   build/bench/train [--size 256] [--sample-steps 4] [--ks 1,2,4] [--precision bf16|f32] [--no-plain]
+ *                     [--pack-cache BYTES]
  */
 #include "bench.h"
 
@@ -32,21 +38,28 @@ static double max_rss_mib(void) {
 }
 
 int main(int argc, char **argv) {
-    int size = 256, steps = 4;
+    int size = 256, steps = 4, plain = 1;
+    long long pack_cache = -1;
     const char *ks = "1,2,4", *prec = "bf16";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--size") && i + 1 < argc) size = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--sample-steps") && i + 1 < argc) steps = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--ks") && i + 1 < argc) ks = argv[++i];
         else if (!strcmp(argv[i], "--precision") && i + 1 < argc) prec = argv[++i];
+        else if (!strcmp(argv[i], "--no-plain")) plain = 0;
+        else if (!strcmp(argv[i], "--pack-cache") && i + 1 < argc) pack_cache = atoll(argv[++i]);
         else {
-            fprintf(stderr, "usage: %s [--size 256] [--sample-steps 4] [--ks 1,2,4] [--precision bf16|f32]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--size 256] [--sample-steps 4] [--ks 1,2,4] [--precision bf16|f32] [--no-plain] "
+                    "[--pack-cache BYTES]\n",
+                    argv[0]);
             return 2;
         }
     }
     ap_ctx *c = NULL;
     if (ap_ctx_create_checked(&c) != AP_OK) die(c, "context");
     ap_set_precision(c, strcmp(prec, "f32") ? AP_PREC_BF16 : AP_PREC_F32);
+    if (pack_cache >= 0) ap_set_pack_cache(c, (size_t)pack_cache);
     ap_sd_config cfg;
     ap_sd_model *m = NULL;
     ap_lora_set *lora = NULL;
@@ -81,13 +94,16 @@ int main(int argc, char **argv) {
     so.steps = steps;
     so.width = so.height = size;
     ap_tensor *img0 = NULL;
-    double t0 = bench_now();
-    ap_mem_reset_peak(c);
-    if (ap_txt2img(c, m, &so, &img0) != AP_OK) die(c, "plain sample");
-    double t_plain = bench_now() - t0;
-    printf("plain sample (no gradient):        %7.1f s, tensor peak above weights %7.0f MiB\n", t_plain,
-           (ap_mem_peak(c) - weights) / 1048576.0);
-    ap_tensor_release(img0);
+    double t0;
+    if (plain) {
+        t0 = bench_now();
+        ap_mem_reset_peak(c);
+        if (ap_txt2img(c, m, &so, &img0) != AP_OK) die(c, "plain sample");
+        double t_plain = bench_now() - t0;
+        printf("plain sample (no gradient):        %7.1f s, tensor peak above weights %7.0f MiB, max RSS %6.0f MiB\n",
+               t_plain, (ap_mem_peak(c) - weights) / 1048576.0, max_rss_mib());
+        ap_tensor_release(img0);
+    }
 
     for (const char *p = ks; *p;) {
         int K = atoi(p);
@@ -110,6 +126,8 @@ int main(int argc, char **argv) {
         double t = bench_now() - t0;
         printf("training step, %-8s K = %-3d      %7.1f s, tensor peak above weights %7.0f MiB, max RSS %6.0f MiB\n",
                K >= steps ? "full," : "fixed:", K, t, (ap_mem_peak(c) - weights) / 1048576.0, max_rss_mib());
+        printf("  packed copies cached %.0f MiB, arena reserved %.0f MiB (in use %.0f MiB)\n",
+               ap_mem_packed(c) / 1048576.0, ap_mem_reserved(c) / 1048576.0, ap_mem_in_use(c) / 1048576.0);
         ap_tensor *rel[] = {xT, lat, img, r, l};
         for (int i = 0; i < 5; i++) ap_tensor_release(rel[i]);
         while (*p && *p != ',') p++;

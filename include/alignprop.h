@@ -91,6 +91,18 @@ size_t ap_mem_reserved(const ap_ctx *c);
 void ap_mem_reset_peak(ap_ctx *c);
 /* Returns cached, unused blocks to the system. */
 void ap_mem_trim(ap_ctx *c);
+/* Packed weight copies (each weight in the layout the conv/matmul kernels
+ * want, per layout: forward and backward data may differ) are cached on the
+ * weights while the cached bytes stay within this budget; a weight that does
+ * not fit is packed into a temporary tensor for each call that uses it.
+ * Default: AP_PACK_CACHE from the environment (bytes, with an optional K, M
+ * or G suffix, binary; "all" for no limit) or AP_PACK_CACHE_DEFAULT. Lowering
+ * the budget frees cached copies. ap_mem_packed is the bytes cached now
+ * (outside ap_mem_in_use). */
+#define AP_PACK_CACHE_DEFAULT ((size_t)1 << 30)
+ap_status ap_set_pack_cache(ap_ctx *c, size_t bytes);
+size_t ap_get_pack_cache(ap_ctx *c);
+size_t ap_mem_packed(ap_ctx *c);
 
 /* Floating-point operations of the matrix products (convolution, linear,
  * matmul, attention: 2 per multiply-add) run by forward ops since the last

@@ -35,6 +35,10 @@ size_t ap_arena_peak(const ap_arena *a);
 size_t ap_arena_reserved(const ap_arena *a);
 void ap_arena_reset_peak(ap_arena *a);
 void ap_arena_trim(ap_arena *a);
+/* On a miss, cached blocks beyond keep bytes are freed, oldest first (default
+ * 256 MiB); trimmed counts the bytes so returned. */
+void ap_arena_set_keep(ap_arena *a, size_t bytes);
+size_t ap_arena_trimmed(const ap_arena *a);
 
 /* ------------------------------------------------------------ storage */
 typedef struct ap_storage {

@@ -14,13 +14,29 @@
  * PACK_SLOTS (layout, buffer) pairs, because the layout an implementation
  * wants can depend on the activation shape (and backward data may want
  * another one than forward). A layout equal to the stored one is used in
- * place, without a copy. */
+ * place, without a copy.
+ *
+ * Packed copies are cached only while their bytes stay within the context's
+ * budget (ap_set_pack_cache, AP_PACK_CACHE): at SD1.5 size the forward and
+ * backward-data layouts of every frozen weight would otherwise hold two
+ * copies beside the stored one (4.6 GB on top of 2.3 GB). A weight that does
+ * not fit is packed, for the one primitive call, into a scratch buffer that
+ * the state keeps (as large as the largest such weight). That reorder costs
+ * time on every call (oneDNN reorders into the forward conv layouts at
+ * 0.3-1.3 GB/s on the Zen 4 VM; bench/RESULTS.md): the budget trades memory
+ * for speed. First come, first
+ * cached; a cached copy is evicted only once it looks dead (unused for longer
+ * than any weight's gap between two uses so far), so a loop whose weights
+ * exceed the budget keeps a fixed cached part instead of thrashing. */
 #include "backend/cpu/dnnl.h"
 
 #include <dnnl.h>
 #include <dnnl_debug.h>
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 enum { P_CONV_FWD = 1, P_CONV_BWD_D, P_CONV_BWD_W, P_MATMUL };
 
@@ -46,7 +62,9 @@ typedef struct {
     dnnl_primitive_t to_user[2];    /* conv backward weights: diff_weights -> user layout, by beta */
 } pentry;
 
-typedef struct {
+struct packs;
+
+typedef struct dnnl_state {
     dnnl_engine_t eng;
     dnnl_stream_t stream;
     pentry **tab; /* open addressing, cap a power of two */
@@ -54,6 +72,12 @@ typedef struct {
     bool cache_off;
     ap_dnnl_stats stats;
     char last_impl[128];
+    size_t pack_budget;        /* bytes of packed weights the cache may hold */
+    uint64_t tick, max_gap;    /* weight lookups so far; the longest gap between two of one weight */
+    struct packs *reg_oldest;  /* every packs entry (with or without buffers), oldest first */
+    struct packs *reg_newest;
+    void *scratch;             /* weights packed for one call when the cache has no room */
+    size_t scratch_bytes;
 } dnnl_state;
 
 static void entry_destroy(pentry *e) {
@@ -72,9 +96,14 @@ static void table_clear(dnnl_state *d) {
     d->count = 0;
 }
 
+static void registry_detach(dnnl_state *d);
+static void packs_shrink(dnnl_state *d, size_t budget);
+
 static void state_free(void *p) {
     dnnl_state *d = p;
     if (!d) return;
+    registry_detach(d);
+    free(d->scratch);
     table_clear(d);
     free(d->tab);
     if (d->stream) dnnl_stream_destroy(d->stream);
@@ -82,8 +111,36 @@ static void state_free(void *p) {
     free(d);
 }
 
+/* A byte count: digits with an optional K, M or G (binary) suffix, or "all"
+ * (no limit). False when s is not one. */
+static bool parse_bytes(const char *s, size_t *out) {
+    if (!strcmp(s, "all")) {
+        *out = SIZE_MAX;
+        return true;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || errno || *s == '-') return false;
+    int shift = 0;
+    if (*end == 'K' || *end == 'k') shift = 10, end++;
+    else if (*end == 'M' || *end == 'm') shift = 20, end++;
+    else if (*end == 'G' || *end == 'g') shift = 30, end++;
+    if (*end || (shift && v > (SIZE_MAX >> shift))) return false;
+    *out = (size_t)v << shift;
+    return true;
+}
+
 static dnnl_state *state(ap_ctx *c) {
     if (c->backend) return c->backend;
+    size_t budget = AP_PACK_CACHE_DEFAULT;
+    const char *env = getenv("AP_PACK_CACHE");
+    if (env && *env && !parse_bytes(env, &budget)) {
+        ap_seterr(c, AP_ERR_INVALID_ARG,
+                  "AP_PACK_CACHE: '%s' is not a byte count (digits with an optional K, M or G suffix, or 'all')",
+                  env);
+        return NULL;
+    }
     dnnl_state *d = calloc(1, sizeof *d);
     if (!d) {
         ap_seterr(c, AP_ERR_NOMEM, "oneDNN backend: out of memory");
@@ -96,6 +153,7 @@ static dnnl_state *state(ap_ctx *c) {
         ap_seterr(c, AP_ERR_BACKEND, "oneDNN backend: cannot create the CPU engine (%s)", dnnl_status2str(s));
         return NULL;
     }
+    d->pack_budget = budget;
     c->backend = d;
     c->backend_free = state_free;
     return d;
@@ -118,6 +176,25 @@ void ap_dnnl_set_cache(ap_ctx *c, bool on) {
     if (!d) return;
     d->cache_off = !on;
     if (!on) table_clear(d);
+}
+
+ap_status ap_set_pack_cache(ap_ctx *c, size_t bytes) {
+    if (!c) return AP_ERR_INVALID_ARG;
+    dnnl_state *d = state(c);
+    if (!d) return c->status;
+    d->pack_budget = bytes;
+    packs_shrink(d, bytes);
+    return AP_OK;
+}
+
+size_t ap_get_pack_cache(ap_ctx *c) {
+    dnnl_state *d = c ? state(c) : NULL;
+    return d ? d->pack_budget : 0;
+}
+
+size_t ap_mem_packed(ap_ctx *c) {
+    dnnl_state *d = c ? state(c) : NULL;
+    return d ? (size_t)d->stats.pack_bytes : 0;
 }
 
 const char *ap_dnnl_last_impl(ap_ctx *c) {
@@ -367,49 +444,170 @@ void ap_cpu_sum_rows(float *dst, const float *src, int64_t rows, int64_t cols, f
 }
 
 /* ------------------------------------------------------------ weight packing */
-typedef struct {
+/* The packed layouts of one weight under one kind (none when the budget had
+ * no room), and when it was last used. Entries are linked in the state's
+ * registry (oldest first) so that the budget can be lowered, dead copies
+ * found and the bytes counted; owner is NULL once the state is gone (a
+ * tensor may outlive its context's backend). */
+typedef struct packs {
+    struct packs *older, *newer;
+    dnnl_state *owner;
+    uint64_t last_use; /* the state's tick at the last lookup (0: never) */
+    size_t bytes;      /* sum of e[].bytes */
     int n;
     struct {
         dnnl_memory_desc_t md;
         void *buf;
+        size_t bytes;
     } e[PACK_SLOTS];
 } packs;
+
+static void registry_unlink(packs *pk) {
+    dnnl_state *d = pk->owner;
+    if (!d) return;
+    if (pk->older) pk->older->newer = pk->newer;
+    else d->reg_oldest = pk->newer;
+    if (pk->newer) pk->newer->older = pk->older;
+    else d->reg_newest = pk->older;
+    pk->older = pk->newer = NULL;
+    pk->owner = NULL;
+    d->stats.pack_bytes -= (int64_t)pk->bytes;
+}
+
+static void registry_link(dnnl_state *d, packs *pk) {
+    pk->owner = d;
+    pk->newer = NULL;
+    pk->older = d->reg_newest;
+    if (d->reg_newest) d->reg_newest->newer = pk;
+    else d->reg_oldest = pk;
+    d->reg_newest = pk;
+    d->stats.pack_bytes += (int64_t)pk->bytes;
+}
+
+static void registry_detach(dnnl_state *d) {
+    while (d->reg_oldest) registry_unlink(d->reg_oldest);
+}
+
+static void packs_drop_buffers(packs *pk) {
+    for (int i = 0; i < pk->n; i++) free(pk->e[i].buf);
+    if (pk->owner) pk->owner->stats.pack_bytes -= (int64_t)pk->bytes;
+    pk->n = 0;
+    pk->bytes = 0;
+}
 
 static void packs_free(void *p) {
     packs *pk = p;
     if (!pk) return;
-    for (int i = 0; i < pk->n; i++) free(pk->e[i].buf);
+    packs_drop_buffers(pk);
+    registry_unlink(pk);
     free(pk);
+}
+
+/* Frees cached packed copies, oldest first, until at most budget bytes stay.
+ * The emptied entries stay on their tensors (and are reused on a later miss). */
+static void packs_shrink(dnnl_state *d, size_t budget) {
+    for (packs *pk = d->reg_oldest; pk && (size_t)d->stats.pack_bytes > budget; pk = pk->newer)
+        packs_drop_buffers(pk);
 }
 
 static dnnl_data_type_t weight_dt(const ap_tensor *w) {
     return w->dtype == AP_BF16 ? dnnl_bf16 : dnnl_f32; /* f16 is widened before reordering */
 }
 
-/* The data of weight w in layout want, packed on first use and cached under
- * kind. user describes w's stored data (with f32 for an f16 tensor). */
-static dnnl_status_t packed_weights(dnnl_state *d, ap_tensor *w, int kind, const dnnl_memory_desc_t *user,
-                                    const dnnl_memory_desc_t *want, const void **out) {
+/* The packs entry of w for kind, made (empty) when absent; a stale one (the
+ * tensor was touched) is replaced, which frees its buffers. */
+static packs *packs_of(dnnl_state *d, ap_tensor *w, int kind) {
+    ap_packed *p = ap_tensor_packed(w, kind);
+    if (p && p->data) return p->data;
+    packs *pk = calloc(1, sizeof *pk);
+    if (!pk) return NULL;
+    ap_tensor_set_packed(w, kind, pk, packs_free);
+    p = ap_tensor_packed(w, kind);
+    if (!p) return NULL; /* set_packed freed pk */
+    registry_link(d, pk);
+    return pk;
+}
+
+/* One buffer, kept by the state, for the weights packed per call (at most one
+ * is in use at a time: one per primitive call), grown to the largest: a
+ * temporary per call from the arena would take a block of each weight's size
+ * class, which the arena's bounded cache returns and maps again, call after
+ * call, page-faulting the weights' bytes each time. */
+static void *pack_scratch(dnnl_state *d, size_t bytes) {
+    if (bytes > d->scratch_bytes) {
+        free(d->scratch);
+        d->scratch = aligned_alloc(64, bytes);
+        d->scratch_bytes = d->scratch ? bytes : 0;
+        d->stats.pack_scratch_bytes = (int64_t)d->scratch_bytes;
+    }
+    return d->scratch;
+}
+
+/* Frees the buffers of cached entries that look dead (unused for longer than
+ * the longest reuse gap seen: a text encoder that ran once, a phase that
+ * ended) until `need` more bytes fit in the budget; true when they fit. A loop
+ * whose weights come back within the gap keeps its cached set, so a budget
+ * smaller than the loop's weights does not thrash. */
+static bool packs_make_room(dnnl_state *d, size_t need) {
+    if ((size_t)d->stats.pack_bytes + need <= d->pack_budget) return true;
+    if (!d->max_gap) return false; /* no reuse seen yet: cannot tell dead from alive */
+    for (packs *pk = d->reg_oldest; pk; pk = pk->newer) {
+        if (!pk->n || d->tick - pk->last_use <= d->max_gap) continue;
+        packs_drop_buffers(pk);
+        d->stats.pack_evictions++;
+        if ((size_t)d->stats.pack_bytes + need <= d->pack_budget) return true;
+    }
+    return false;
+}
+
+/* The data of weight w in layout want. user describes w's stored data (with
+ * f32 for an f16 tensor). A cached copy is used when there is one; else w is
+ * packed, into the cache when the budget has room, or else into the state's
+ * scratch buffer (valid until the next packing), or, when that cannot grow,
+ * into t, a temporary from the arena that the caller releases (tmp_release)
+ * once the primitive has run. */
+static dnnl_status_t packed_weights(ap_ctx *c, dnnl_state *d, ap_tensor *w, int kind,
+                                    const dnnl_memory_desc_t *user, const dnnl_memory_desc_t *want,
+                                    const void **out, tmpbuf *t) {
+    t->p = NULL;
+    t->nbytes = 0;
     if (w->dtype != AP_F16 && dnnl_memory_desc_equal(user, want)) {
         *out = ap_data(w);
         return dnnl_success;
     }
-    ap_packed *p = ap_tensor_packed(w, kind);
-    packs *pk = p ? p->data : NULL;
-    for (int i = 0; pk && i < pk->n; i++)
-        if (dnnl_memory_desc_equal(&pk->e[i].md, want)) {
-            *out = pk->e[i].buf;
-            return dnnl_success;
-        }
-    if (!pk) {
-        pk = calloc(1, sizeof *pk);
-        if (!pk) return dnnl_out_of_memory;
-        ap_tensor_set_packed(w, kind, pk, packs_free);
-        p = ap_tensor_packed(w, kind);
-        if (!p) return dnnl_out_of_memory; /* set_packed freed pk */
+    packs *pk = packs_of(d, w, kind); /* NULL only when out of memory: then pack transiently */
+    d->tick++;
+    if (pk) {
+        if (pk->last_use && d->tick - pk->last_use > d->max_gap) d->max_gap = d->tick - pk->last_use;
+        pk->last_use = d->tick;
+        for (int i = 0; i < pk->n; i++)
+            if (dnnl_memory_desc_equal(&pk->e[i].md, want)) {
+                d->stats.pack_hits++;
+                *out = pk->e[i].buf;
+                return dnnl_success;
+            }
     }
-    size_t size = dnnl_memory_desc_get_size(want);
-    void *buf = aligned_alloc(64, (size + 63) / 64 * 64);
+    size_t size = dnnl_memory_desc_get_size(want), rounded = (size + 63) / 64 * 64;
+    if (pk && pk->n == PACK_SLOTS) { /* a new layout pushes out the oldest */
+        d->stats.pack_bytes -= (int64_t)pk->e[0].bytes;
+        pk->bytes -= pk->e[0].bytes;
+        free(pk->e[0].buf);
+        memmove(&pk->e[0], &pk->e[1], (PACK_SLOTS - 1) * sizeof pk->e[0]);
+        pk->n--;
+    }
+    bool cache = pk && packs_make_room(d, rounded);
+    void *buf = cache ? aligned_alloc(64, rounded) : NULL;
+    if (!buf) {
+        cache = false;
+        buf = pack_scratch(d, rounded);
+    }
+    if (!buf) { /* no scratch: a temporary from the arena */
+        buf = ap_arena_alloc(c->arena, rounded);
+        if (buf) {
+            t->p = buf;
+            t->nbytes = rounded;
+        }
+    }
     float *wide = NULL;
     const void *src = ap_data(w);
     if (buf && w->dtype == AP_F16) {
@@ -417,27 +615,25 @@ static dnnl_status_t packed_weights(dnnl_state *d, ap_tensor *w, int kind, const
         if (wide) ap_convert(wide, AP_F32, src, AP_F16, w->numel);
         src = wide;
     }
-    if (!buf || !src) {
-        free(buf);
-        free(wide);
-        return dnnl_out_of_memory;
-    }
-    dnnl_status_t s = reorder_once(d, user, src, want, buf);
+    dnnl_status_t s = buf && src ? reorder_once(d, user, src, want, buf) : dnnl_out_of_memory;
     free(wide);
     if (s != dnnl_success) {
-        free(buf);
+        if (cache) free(buf);
+        tmp_release(c, t);
         return s;
     }
-    if (pk->n == PACK_SLOTS) { /* drop the oldest layout */
-        free(pk->e[0].buf);
-        memmove(&pk->e[0], &pk->e[1], (PACK_SLOTS - 1) * sizeof pk->e[0]);
-        pk->n--;
+    *out = buf;
+    if (!cache) {
+        d->stats.packs_transient++;
+        return dnnl_success;
     }
     pk->e[pk->n].md = *want;
     pk->e[pk->n].buf = buf;
+    pk->e[pk->n].bytes = rounded;
     pk->n++;
+    pk->bytes += rounded;
+    d->stats.pack_bytes += (int64_t)rounded;
     d->stats.packs++;
-    *out = buf;
     return dnnl_success;
 }
 
@@ -519,15 +715,16 @@ static pkey conv_key(ap_ctx *c, int kind, bool bf, bool bias, const ap_conv_geom
     return k;
 }
 
-/* The weights of a conv primitive, packed from w. */
-static dnnl_status_t conv_weights(dnnl_state *d, const ap_conv_geom *g, const_dnnl_primitive_desc_t pd,
-                                  ap_tensor *w, const void **out) {
+/* The weights of a conv primitive, packed from w (into tw when the cache has
+ * no room: the caller releases it after the call). */
+static dnnl_status_t conv_weights(ap_ctx *c, dnnl_state *d, const ap_conv_geom *g, const_dnnl_primitive_desc_t pd,
+                                  ap_tensor *w, const void **out, tmpbuf *tw) {
     dnnl_memory_desc_t user;
     dnnl_dims_t wd = {g->cout, g->cin, g->kh, g->kw};
     dnnl_status_t s = dnnl_memory_desc_init_by_tag(&user, 4, wd, weight_dt(w), dnnl_oihw);
     if (s != dnnl_success) return s;
     const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
-    return packed_weights(d, w, PACK_CONV, &user, want, out);
+    return packed_weights(c, d, w, PACK_CONV, &user, want, out, tw);
 }
 
 ap_status ap_dnnl_conv_forward(ap_ctx *c, const ap_conv_geom *g, const float *x, ap_tensor *w, const float *bias,
@@ -542,7 +739,8 @@ ap_status ap_dnnl_conv_forward(ap_ctx *c, const ap_conv_geom *g, const float *x,
     dnnl_status_t s = get_prim(d, &k, build_conv, &ca, &tmp, &e);
     if (s != dnnl_success) return conv_fail(c, s, "cannot make the forward primitive", g);
     const void *wp = NULL;
-    s = conv_weights(d, g, e->pd, w, &wp);
+    tmpbuf tw = {0};
+    s = conv_weights(c, d, g, e->pd, w, &wp, &tw);
     tmpbuf tx;
     const void *src =
         s == dnnl_success ? as_dtype(c, x, AP_F32, bf ? AP_BF16 : AP_F32, g->n * g->h * g->w * g->cin, &tx) : NULL;
@@ -552,6 +750,7 @@ ap_status ap_dnnl_conv_forward(ap_ctx *c, const ap_conv_geom *g, const float *x,
         d->stats.conv_fwd++;
         tmp_release(c, &tx);
     }
+    tmp_release(c, &tw);
     put_prim(d, e);
     if (s != dnnl_success) return conv_fail(c, s, "forward failed", g);
     return c->status;
@@ -565,7 +764,8 @@ static ap_status conv_bwd_data(ap_ctx *c, dnnl_state *d, const ap_conv_geom *g, 
     dnnl_status_t s = get_prim(d, &k, build_conv, &ca, &tmp, &e);
     if (s != dnnl_success) return conv_fail(c, s, "cannot make the backward-data primitive", g);
     const void *wp = NULL;
-    s = conv_weights(d, g, e->pd, w, &wp);
+    tmpbuf tw = {0};
+    s = conv_weights(c, d, g, e->pd, w, &wp, &tw);
     int64_t nx = g->n * g->h * g->w * g->cin;
     float *target = dx;
     size_t tbytes = (size_t)nx * sizeof(float);
@@ -580,6 +780,7 @@ static ap_status conv_bwd_data(ap_ctx *c, dnnl_state *d, const ap_conv_geom *g, 
         if (s == dnnl_success && target != dx) ap_accumulate(dx, target, nx, 1.0f);
     }
     if (target && target != dx) ap_arena_release(c->arena, target, tbytes);
+    tmp_release(c, &tw);
     put_prim(d, e);
     if (s != dnnl_success) return conv_fail(c, s, "backward data failed", g);
     return AP_OK;
@@ -733,18 +934,20 @@ static ap_status mm_run(ap_ctx *c, dnnl_state *d, const char *op, const mm_arg *
     pentry tmp = {0}, *e;
     dnnl_status_t s = get_prim(d, &k, build_matmul, a, &tmp, &e);
     if (s != dnnl_success) return mm_fail(c, s, op, "cannot make the matmul primitive", a);
+    tmpbuf tw = {0};
     if (w) {
         dnnl_memory_desc_t user;
         dnnl_dims_t wd = {a->k, a->n}, ws = {a->sb[1], a->sb[2]};
         s = dnnl_memory_desc_init_by_strides(&user, 2, wd, weight_dt(w), ws);
         const dnnl_memory_desc_t *want = dnnl_primitive_desc_query_md(e->pd, dnnl_query_weights_md, 0);
-        if (s == dnnl_success) s = packed_weights(d, w, pack_kind, &user, want, &pb);
+        if (s == dnnl_success) s = packed_weights(c, d, w, pack_kind, &user, want, &pb, &tw);
     }
     if (s == dnnl_success) {
         xarg x[] = {{DNNL_ARG_SRC, pa}, {DNNL_ARG_WEIGHTS, pb}, {DNNL_ARG_DST, out}, {DNNL_ARG_BIAS, bias}};
         s = run(c, d, e->prim, e->pd, a->bias ? 4 : 3, x);
         d->stats.matmul++;
     }
+    tmp_release(c, &tw);
     put_prim(d, e);
     if (s != dnnl_success) return mm_fail(c, s, op, "matmul failed", a);
     return AP_OK;

@@ -81,10 +81,15 @@ void ap_cpu_sum_rows(float *dst /* [cols] */, const float *src /* [rows,cols] */
                      float beta);
 
 /* Counters, for tests and benchmarks: primitives executed by kind, primitive
- * cache hits and misses, weight packings. */
+ * cache hits and misses; weight packings into the cache (packs) and into
+ * per-call temporaries (packs_transient, when the budget of ap_set_pack_cache
+ * has no room), lookups served by the cache (pack_hits), cached copies freed
+ * to make room (pack_evictions), the bytes cached now (pack_bytes) and the
+ * size of the buffer that per-call packings reuse (pack_scratch_bytes). */
 typedef struct {
     int64_t conv_fwd, conv_bwd_data, conv_bwd_weights, matmul;
     int64_t cache_hits, cache_misses, packs;
+    int64_t packs_transient, pack_hits, pack_evictions, pack_bytes, pack_scratch_bytes;
 } ap_dnnl_stats;
 ap_dnnl_stats ap_dnnl_get_stats(ap_ctx *c);
 /* Turns this context's primitive cache on (default) or off (every call then
