@@ -200,7 +200,7 @@ contains "demo says no demo model was found" "no shipped demo model found (looke
 contains "demo says where its image is" "wrote $tmp/demo/samples.png" "$out"
 [ -s "$tmp/demo/samples.png" ] || { echo "FAIL demo wrote no samples.png"; fail=1; }
 # the AlignProp demo end to end, few steps, on the tiny model (the shipped one is exercised by make demo)
-out=$($bin demo --model "$tmp/m" --steps 2 --eval-per-prompt 1 -o "$tmp/demo2" 2>&1); rc=$?
+out=$($bin demo --model "$tmp/m" --steps 2 --eval-per-prompt 1 --sample-steps 3 -o "$tmp/demo2" 2>&1); rc=$?
 check "demo exits 0" 0 $rc
 contains "demo reports the target fraction" "exactly 3 shapes (pixel count)" "$out"
 contains "demo reports the reward before and after" "reward |count - 3|" "$out"

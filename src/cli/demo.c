@@ -192,17 +192,18 @@ static void on_train_progress(void *u, int step, int total, double r) {
 static int usage(void) {
     fprintf(stderr,
             "usage: alignprop demo [-o DIR] [--model PATH] [--steps N] [--target N] [--eval-per-prompt K]\n"
+            "                      [--sample-steps S]\n"
             "  AlignProp on the shipped shapes model: LoRA adapters trained with the count reward toward\n"
             "  --target shapes (3) for --steps steps (default in docs/demo.md), on count-free captions;\n"
             "  the fraction of held-out images with the target count, before and after. Output in DIR\n"
-            "  (runs/demo): before.png, after.png, run/report.html. --model overrides the shipped model\n"
+            "  (runs/demo): before.png, after.png, run/report.html. DDIM steps S (20). --model overrides the shipped model\n"
             "  (also AP_DEMO_MODEL).\n");
     return 2;
 }
 
 int ap_cli_demo(int argc, char **argv) {
     const char *out = "runs/demo", *model = NULL;
-    long steps = 60, target = 3, per_prompt = 4;
+    long steps = 60, target = 3, per_prompt = 4, sample_steps = 20;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         char *end = NULL;
@@ -216,6 +217,8 @@ int ap_cli_demo(int argc, char **argv) {
         else if (!strcmp(a, "--model")) model = v;
         else if (!strcmp(a, "--steps") && (steps = strtol(v, &end, 10), *v && !*end && steps >= 1 && steps <= 100000)) {
         } else if (!strcmp(a, "--target") && (target = strtol(v, &end, 10), *v && !*end && target >= 1 && target <= 5)) {
+        } else if (!strcmp(a, "--sample-steps") &&
+                   (sample_steps = strtol(v, &end, 10), *v && !*end && sample_steps >= 1 && sample_steps <= 1000)) {
         } else if (!strcmp(a, "--eval-per-prompt") &&
                    (per_prompt = strtol(v, &end, 10), *v && !*end && per_prompt >= 1 && per_prompt <= 64)) {
         } else {
@@ -270,7 +273,7 @@ int ap_cli_demo(int argc, char **argv) {
     t.eval_every = 0; /* before and at the end */
     t.steps = (int)steps;
     t.batch = 4;
-    t.sample_steps = 20;
+    t.sample_steps = (int)sample_steps;
     t.cfg = 5.0f;
     t.width = t.height = 64;
     t.lr = 2e-3;
