@@ -800,6 +800,14 @@ ap_status ap_st_load(ap_ctx *c, const ap_safetensors *st, const char *name, ap_d
         return st_fail(c, AP_ERR_NOMEM, st->path, name, "out of memory");
     }
     int64_t bad = convert(ap_tensor_data(o), dt, st->data + t->begin, t->dtype, t->numel);
+    if (st->mapped && t->end > t->begin) {
+        /* the copy is made: let the file's pages go, so loading a model holds
+         * the file plus the tensors only one tensor at a time, not both in full
+         * (the mapping is private and read-only: a later read faults them in) */
+        uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
+        uintptr_t a = (uintptr_t)(st->data + t->begin) & ~(pg - 1), e = (uintptr_t)(st->data + t->end);
+        madvise((void *)a, e - a, MADV_DONTNEED);
+    }
     if (bad >= 0) {
         ap_tensor_release(o);
         int neg;
