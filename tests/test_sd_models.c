@@ -278,6 +278,32 @@ static void test_ddim(ap_ctx *c, const fixture *f, ap_sd_model *m, double tol_te
     rm_dir(dir);
 }
 
+/* A one-shot call that frees each stage when done gives the same image and
+ * leaves a model that refuses to sample again. */
+static void test_release(ap_ctx *c, ap_sd_model *m, uint64_t seed) {
+    ap_txt2img_opts o;
+    ap_txt2img_defaults(&o);
+    o.prompt = "a red circle";
+    o.steps = 2;
+    o.width = 24;
+    o.height = 32;
+    ap_tensor *a = NULL, *b = NULL;
+    CHECK(ap_txt2img(c, m, &o, &a) == AP_OK);
+    ap_sd_model *m2 = make_model(c, AP_F32, seed);
+    size_t before = ap_mem_in_use(c);
+    o.release_models = true;
+    CHECK(m2 && ap_txt2img(c, m2, &o, &b) == AP_OK);
+    CHECK(a && b && ap_tensor_nbytes(a) == ap_tensor_nbytes(b) && !memcmp(ap_tensor_cdata(a), ap_tensor_cdata(b), ap_tensor_nbytes(a)));
+    CHECK(m2 && m2->text == NULL && m2->unet == NULL && m2->vae != NULL);
+    CHECK_MSG(ap_mem_in_use(c) < before, "the released weights are freed (%zu -> %zu)", before, ap_mem_in_use(c));
+    ap_tensor *again = NULL;
+    CHECK(m2 && ap_txt2img(c, m2, &o, &again) == AP_ERR_STATE && again == NULL && strstr(ap_last_error(c), "released"));
+    ap_clear_error(c);
+    ap_tensor_release(a);
+    ap_tensor_release(b);
+    ap_sd_free(m2);
+}
+
 /* ------------------------------------------------------------ errors */
 static void expect_error(ap_ctx *c, ap_tensor *y, const char *what, const char *needle) {
     CHECK_MSG(y == NULL, "%s: expected an error", what);
@@ -480,6 +506,7 @@ int main(void) {
         test_unet(c, &f, m, TOL_F32);
         test_vae(c, &f, m, TOL_F32);
         test_ddim(c, &f, m, TOL_F32, TOL_F32);
+        test_release(c, m, f.seed);
         test_errors(c, m);
     }
     ap_sd_free(m);

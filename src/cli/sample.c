@@ -145,6 +145,7 @@ int ap_cli_sample(int argc, char **argv) {
     ap_progress_begin(&ps.bar, "sampling");
     o.progress = on_progress;
     o.progress_user = &ps;
+    o.release_models = true; /* one image set per run: each stage's weights go when it is done */
     ap_tensor *img = NULL;
     ap_status st = ap_txt2img(c, m, &o, &img);
     ap_progress_end(&ps.bar);
@@ -177,10 +178,12 @@ int ap_cli_sample(int argc, char **argv) {
     if (st != AP_OK) {
         fprintf(stderr, "alignprop sample: %s\n", ap_last_error(c));
     } else {
+        /* each stage's weights are freed when it is done (release_models), so the
+         * peak of all tensors is the number that matters, not peak - weights */
         printf("wrote %s: %d image%s %dx%d, %d %s steps, load %.1fs, sampling %.1fs, memory: weights %.0f MiB, "
-               "peak activations %.1f MiB\n",
+               "peak of all tensors %.1f MiB, packed weights %.0f MiB\n",
                out, o.batch, o.batch > 1 ? "s" : "", o.width, o.height, o.steps, ap_sampler_name(o.sampler), t1 - t0,
-               t2 - t1, weights / 1048576.0, (ap_mem_peak(c) - weights) / 1048576.0);
+               t2 - t1, weights / 1048576.0, ap_mem_peak(c) / 1048576.0, ap_mem_packed(c) / 1048576.0);
     }
     ap_tensor_release(img);
     ap_sd_free(m);

@@ -81,6 +81,9 @@ ap_status ap_txt2img(ap_ctx *c, ap_sd_model *m, const ap_txt2img_opts *o, ap_ten
                          o->width, o->height, f * uf);
     if (o->batch < 1 || o->batch > 256) return ap_seterr(c, AP_ERR_INVALID_ARG, "batch %d: must be 1..256", o->batch);
     if (o->steps < 1 || o->steps > 1000) return ap_seterr(c, AP_ERR_INVALID_ARG, "steps %d: must be 1..1000", o->steps);
+    if (!m->text || !m->unet || !m->vae)
+        return ap_seterr(c, AP_ERR_STATE, "text to image: the model's %s was released by an earlier one-shot call",
+                         !m->text ? "text encoder" : !m->unet ? "UNet" : "VAE");
     if (o->dump_dir && mkdir(o->dump_dir, 0755) != 0) {
         struct stat s;
         if (stat(o->dump_dir, &s) != 0 || !S_ISDIR(s.st_mode))
@@ -102,6 +105,10 @@ ap_status ap_txt2img(ap_ctx *c, ap_sd_model *m, const ap_txt2img_opts *o, ap_ten
     ap_tensor *ctx = ids ? ap_encode_ids(c, m, ids) : NULL;
     ap_tensor_release(ids);
     dump(c, o->dump_dir, "text_embeddings", ctx, false);
+    if (o->release_models) {
+        ap_clip_text_free(m->text);
+        m->text = NULL;
+    }
 
     ap_sampler_config sc = ap_sampler_config_sd15(o->sampler);
     sc.eta = o->eta;
@@ -138,6 +145,10 @@ ap_status ap_txt2img(ap_ctx *c, ap_sd_model *m, const ap_txt2img_opts *o, ap_ten
             dump(c, o->dump_dir, nm, x, true);
         }
         if (o->progress) o->progress(o->progress_user, i + 1, o->steps);
+    }
+    if (o->release_models) {
+        ap_unet_free(m->unet);
+        m->unet = NULL;
     }
     ap_tensor *img = ap_failed(c) ? NULL : ap_vae_decode(c, m->vae, x);
     dump(c, o->dump_dir, "image", img, true);

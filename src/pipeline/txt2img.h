@@ -4,6 +4,7 @@
 #ifndef AP_PIPELINE_TXT2IMG_H
 #define AP_PIPELINE_TXT2IMG_H
 
+#include <stdbool.h>
 #include "diffusion/sampler.h"
 #include "models/sd.h"
 
@@ -20,6 +21,9 @@ typedef struct {
     int width, height;      /* pixels; multiples of the model's total downsampling */
     int batch;              /* images per prompt */
     const char *dump_dir;   /* when set: token ids, text embeddings, latents per step, image as safetensors */
+    bool release_models;    /* one-shot use: free the text encoder once the prompts are encoded and the UNet
+                               after the last step (m->text, m->unet become NULL), so the peak holds the
+                               weights of one stage at a time; m can then only decode */
     ap_progress_fn progress;
     void *progress_user;
 } ap_txt2img_opts;
