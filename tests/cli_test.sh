@@ -251,6 +251,43 @@ check "train-counter without -o exits 2" 2 $rc
 out=$($bin train-counter --batch 0 -o x 2>&1); rc=$?
 check "train-counter --batch 0 exits 2" 2 $rc
 contains "train-counter bad batch named" "--batch" "$out"
+# pretrain: both stages on the tiny config and the toy stream; the folder loads in sample and in train
+pt="--config tiny --data toy --image-size 16 --batch 2 --vae-steps 3 --unet-steps 3 --scale-batches 1 --seed 1"
+out=$($bin pretrain $pt --save-dtype f16 -o "$tmp/pt" 2>&1); rc=$?
+check "pretrain exits 0" 0 $rc
+for f in config.json log.jsonl model/model_index.json model/unet/diffusion_pytorch_model.safetensors \
+         model/vae/config.json checkpoints/step_000006/DONE checkpoints/step_000003/DONE; do
+  [ -f "$tmp/pt/$f" ] || { echo "FAIL pretrain wrote no $f"; fail=1; }
+done
+check "pretrain logs a line per step and the scale factor" 7 "$(wc -l < "$tmp/pt/log.jsonl")"
+grep -q '"scaling_factor": 0.18215' "$tmp/pt/model/vae/config.json" && { echo "FAIL pretrain kept the default scale factor"; fail=1; }
+out=$($bin inspect "$tmp/pt/model/unet/diffusion_pytorch_model.safetensors" 2>&1)
+contains "pretrain --save-dtype f16 writes f16" "F16" "$out"
+out=$($bin sample --model "$tmp/pt/model" --prompt "a red circle" --steps 2 --width 16 --height 16 -o "$tmp/pt.png" 2>&1); rc=$?
+check "sample loads the pretrained model" 0 $rc
+out=$($bin train --model "$tmp/pt/model" --reward brightness --steps 1 --sample-steps 2 --width 16 --height 16 \
+      -o "$tmp/pt_train" 2>&1); rc=$?
+check "train loads the pretrained model" 0 $rc
+out=$($bin pretrain $pt --unet-steps 4 --resume "$tmp/pt" 2>&1); rc=$?
+check "pretrain --resume to more steps exits 0" 0 $rc
+check "the resumed log has one more step" 8 "$(wc -l < "$tmp/pt/log.jsonl")"
+out=$($bin pretrain $pt --batch 3 --resume "$tmp/pt" 2>&1); rc=$?
+check "pretrain --resume incompatible exits 1" 1 $rc
+contains "pretrain --resume incompatible names the field" "batch" "$out"
+out=$($bin pretrain $pt --stage decoder -o "$tmp/pt2" 2>&1); rc=$?
+check "pretrain bad stage exits 2" 2 $rc
+contains "pretrain bad stage named" "decoder" "$out"
+out=$($bin pretrain $pt --data imagenet -o "$tmp/pt2" 2>&1); rc=$?
+check "pretrain bad data exits 1" 1 $rc
+contains "pretrain bad data named" "imagenet" "$out"
+$bin pretrain $pt --vae-steps 1000000 --save-every 0 -o "$tmp/pts" >/dev/null 2>"$tmp/pts.err" &
+pid=$!
+sleep 2
+kill -INT $pid
+wait $pid; rc=$?
+check "pretrain stopped by SIGINT exits 130" 130 $rc
+contains "pretrain says it was interrupted" "interrupted" "$(cat "$tmp/pts.err")"
+ls "$tmp"/pts/checkpoints/step_*/DONE >/dev/null 2>&1 || { echo "FAIL SIGINT left no complete pretrain checkpoint"; fail=1; }
 
 [ $fail -eq 0 ] && echo "cli: all passed" || echo "cli: failures"
 exit $fail

@@ -6,7 +6,7 @@
 #include <string.h>
 
 static int usage(void) {
-    fprintf(stderr, "usage: alignprop init --config tiny|small|sd15 [--seed N] [--dtype f32|bf16|f16] -o DIR\n"
+    fprintf(stderr, "usage: alignprop init --config tiny|small|shapes64|sd15 [--seed N] [--dtype f32|bf16|f16] -o DIR\n"
                     "  writes DIR as a diffusers folder and DIR/model.safetensors as one LDM-named file\n");
     return 2;
 }

@@ -16,9 +16,10 @@ static int usage(FILE *f) {
             "  tokenize    print the CLIP token ids of a prompt\n"
             "  sample      generate images from a prompt\n"
             "  train       AlignProp: train LoRA adapters by reward backpropagation\n"
+            "  pretrain    train a tiny latent diffusion model from scratch (VAE, text encoder, UNet)\n"
             "  eval        the reward of a model (and adapters) on a prompt set\n"
             "  lora        operations on LoRA files (lora mix A B --alpha X -o C)\n"
-            "  init        write a model with random weights (tiny, small or sd15)\n"
+            "  init        write a model with random weights (tiny, small, shapes64 or sd15)\n"
             "  inspect     show what a model folder or weights file holds\n"
             "  shapes      write a grid of the procedural shapes dataset and its captions\n"
             "  train-counter  train the counting model of the count reward on the shapes dataset\n"
@@ -32,6 +33,7 @@ int ap_cli_tokenize(int argc, char **argv);
 int ap_cli_init(int argc, char **argv);
 int ap_cli_sample(int argc, char **argv);
 int ap_cli_train(int argc, char **argv);
+int ap_cli_pretrain(int argc, char **argv);
 int ap_cli_eval(int argc, char **argv);
 int ap_cli_lora(int argc, char **argv);
 int ap_cli_inspect(int argc, char **argv);
@@ -63,6 +65,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "tokenize")) return ap_cli_tokenize(argc - 1, argv + 1);
     if (!strcmp(cmd, "sample")) return ap_cli_sample(argc - 1, argv + 1);
     if (!strcmp(cmd, "train")) return ap_cli_train(argc - 1, argv + 1);
+    if (!strcmp(cmd, "pretrain")) return ap_cli_pretrain(argc - 1, argv + 1);
     if (!strcmp(cmd, "eval")) return ap_cli_eval(argc - 1, argv + 1);
     if (!strcmp(cmd, "lora")) return ap_cli_lora(argc - 1, argv + 1);
     if (!strcmp(cmd, "init")) return ap_cli_init(argc - 1, argv + 1);

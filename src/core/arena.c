@@ -111,6 +111,19 @@ void ap_arena_free(ap_arena *a) {
     free(a);
 }
 
+/* AP_DEBUG_POISON=1: every block handed out is filled with NaNs, so that a
+ * kernel reading memory it has not written (the beta = 0 rule of
+ * core/internal.h) turns its result into NaN instead of into a value that
+ * depends on what the block held before. For tests and debugging; slow. */
+static bool poison_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("AP_DEBUG_POISON");
+        on = e && *e && strcmp(e, "0") != 0;
+    }
+    return on;
+}
+
 void *ap_arena_alloc(ap_arena *a, size_t nbytes) {
     size_t r;
     int k = size_class(nbytes, &r);
@@ -132,6 +145,7 @@ void *ap_arena_alloc(ap_arena *a, size_t nbytes) {
     }
     a->in_use += r;
     if (a->in_use > a->peak) a->peak = a->in_use;
+    if (poison_on()) memset(p, 0xff, nbytes); /* all-ones floats are NaN: a read before a write shows */
     return p;
 }
 

@@ -278,7 +278,8 @@ static ap_status seed(ap_ctx *c, ap_tensor *y, const ap_tensor *g) {
     if (g) {
         ap_accumulate(ap_f32(acc), ap_cf32(g), y->numel, beta);
     } else {
-        ap_f32(acc)[0] = beta * ap_f32(acc)[0] + 1.0f;
+        /* beta 0: acc is uninitialised and must not be read (0 * NaN is NaN) */
+        ap_f32(acc)[0] = beta != 0.0f ? ap_f32(acc)[0] + 1.0f : 1.0f;
     }
     return AP_OK;
 }

@@ -47,7 +47,23 @@ ap_status ap_sd_preset(ap_ctx *c, const char *name, ap_sd_config *out) {
         out->text = text;
         return AP_OK;
     }
-    return ap_seterr(c, AP_ERR_INVALID_ARG, "unknown model config '%s' (expected tiny, small or sd15)", name);
+    if (!strcmp(name, "shapes64")) {
+        /* the model `alignprop pretrain` trains on the shapes dataset (docs/pretrain.md):
+         * 64x64 images, 16x16x4 latents, a transformer per UNet level; the text encoder
+         * keeps CLIP's vocabulary and 77 positions, so its 49408 x 64 token table is
+         * about half of all parameters */
+        out->unet = (ap_unet_config){.in_channels = 4, .out_channels = 4, .levels = 2, .block_out = {64, 128},
+                                     .attention = {1, 1}, .layers_per_block = 1, .heads = 4, .context_dim = 64,
+                                     .norm_groups = 16};
+        out->vae = (ap_vae_config){.in_channels = 3, .out_channels = 3, .latent_channels = 4, .levels = 3,
+                                   .block_out = {32, 64, 64}, .layers_per_block = 1, .norm_groups = 16,
+                                   .scaling_factor = 0.18215f};
+        text.width = 64, text.layers = 3, text.heads = 4, text.intermediate = 256;
+        out->text = text;
+        return AP_OK;
+    }
+    return ap_seterr(c, AP_ERR_INVALID_ARG, "unknown model config '%s' (expected tiny, small, shapes64 or sd15)",
+                     name);
 }
 
 const char *ap_sd_format_name(ap_sd_format f) {
@@ -757,7 +773,7 @@ static ap_status config_from_ldm_shapes(ap_ctx *c, const ap_weights *w, const ch
     t->act = AP_ACT_QUICK_GELU;
     t->eps = 1e-5f;
 
-    const char *presets[] = {"sd15", "tiny", "small"};
+    const char *presets[] = {"sd15", "tiny", "small", "shapes64"};
     for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) {
         ap_sd_config p;
         ap_sd_preset(c, presets[i], &p);

@@ -16,7 +16,8 @@ typedef struct {
     ap_clip_text_config text;
 } ap_sd_config;
 
-/* "tiny" (tests), "small" (demos, issue 6 sizes) or "sd15". */
+/* "tiny" (tests), "small" (demos, issue 6 sizes), "shapes64" (what `alignprop pretrain`
+ * trains for the shipped model) or "sd15". */
 ap_status ap_sd_preset(ap_ctx *c, const char *name, ap_sd_config *out);
 
 typedef enum { AP_SD_FORMAT_NONE = 0, AP_SD_FORMAT_DIFFUSERS, AP_SD_FORMAT_LDM_SAFETENSORS, AP_SD_FORMAT_LDM_CKPT } ap_sd_format;

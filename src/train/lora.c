@@ -157,7 +157,8 @@ void ap_lora_free(ap_lora_set *s) {
 typedef struct {
     ap_lora_set *s;
     int i;
-    const char *bad; /* first module whose layer does not fit */
+    bool bad;
+    char bad_path[160]; /* first module whose layer does not fit (a copy: the walk's buffer goes) */
 } attach_walk;
 
 static void attach_visit(void *user, const char *path, int in, int out, ap_linear_layer *l) {
@@ -167,7 +168,8 @@ static void attach_visit(void *user, const char *path, int in, int out, ap_linea
     if (a->bad) return;
     if (a->i >= a->s->n || strcmp(a->s->m[a->i].target.path, path) || !l || l->in != a->s->m[a->i].target.in ||
         l->out != a->s->m[a->i].target.out) {
-        a->bad = path;
+        a->bad = true;
+        snprintf(a->bad_path, sizeof a->bad_path, "%s", path);
         return;
     }
     a->s->m[a->i++].layer = l;
@@ -177,12 +179,12 @@ ap_status ap_lora_attach(ap_ctx *c, ap_lora_set *s, ap_unet *u) {
     if (ap_failed(c)) return c->status;
     if (!s || !u) return ap_seterr(c, AP_ERR_INVALID_ARG, "lora attach: NULL %s", s ? "unet" : "adapters");
     if (s->attached) return ap_seterr(c, AP_ERR_STATE, "lora attach: adapters are already attached");
-    attach_walk a = {s, 0, NULL};
+    attach_walk a = {s, 0, false, ""};
     walk(&u->cfg, u, attach_visit, &a);
     if (a.bad || a.i != s->n) {
         for (int i = 0; i < s->n; i++) s->m[i].layer = NULL;
         return ap_seterr(c, AP_ERR_SHAPE, "lora attach: the unet's module %s does not match the adapters'",
-                         a.bad ? a.bad : "count");
+                         a.bad ? a.bad_path : "count");
     }
     for (int i = 0; i < s->n; i++) s->m[i].layer->lora = &s->m[i].lora;
     s->attached = u;

@@ -8,15 +8,14 @@
 #include "io/json.h"
 #include "pipeline/txt2img.h"
 #include "rewards/reward.h"
+#include "train/checkpoint.h"
 #include "train/dist.h"
 #include "train/optim.h"
 #include "train/prompts.h"
 #include "train/report.h"
 #include "train/sample_grad.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,118 +112,17 @@ static const char *const COMPAT_KEYS[] = {"model",  "prompts",      "negative", 
                                           "truncation", "width",    "height",   "lora_rank", "lora_alpha",
                                           "seed",   "weights_dtype", "init_lora"};
 
-/* Removes a file or a directory tree (checkpoint directories are flat). */
-static int rm_tree(const char *path) {
-    struct stat sb;
-    if (lstat(path, &sb) != 0) return errno == ENOENT ? 0 : -1;
-    if (!S_ISDIR(sb.st_mode)) return unlink(path);
-    DIR *d = opendir(path);
-    if (!d) return -1;
-    struct dirent *e;
-    char sub[4096];
-    int rc = 0;
-    while ((e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
-        if (rm_tree(sub) != 0) rc = -1;
-    }
-    closedir(d);
-    return rc == 0 ? rmdir(path) : -1;
-}
-
-static int fsync_path(const char *path) {
-    int fd = open(path, O_RDONLY | O_DIRECTORY);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-/* "step_" followed by digits only (so "step_000004.tmp" is not one) -> step, else -1. */
-static int64_t ckpt_step_of(const char *name) {
-    if (strncmp(name, "step_", 5) != 0 || !name[5]) return -1;
-    int64_t v = 0;
-    for (const char *p = name + 5; *p; p++) {
-        if (*p < '0' || *p > '9' || v > 100000000) return -1;
-        v = v * 10 + (*p - '0');
-    }
-    return v;
-}
-
-/* Complete checkpoints (a DONE marker inside) of dir, ascending; returns the
- * count (or -1 when the list cannot be allocated), *steps malloc'd. */
-static int list_checkpoints(const char *dir, int64_t **steps) {
-    *steps = NULL;
-    DIR *d = opendir(dir);
-    if (!d) return 0;
-    int n = 0, cap = 0;
-    struct dirent *e;
-    char p[4096];
-    while ((e = readdir(d))) {
-        int64_t s = ckpt_step_of(e->d_name);
-        if (s < 0) continue;
-        snprintf(p, sizeof p, "%s/%s/DONE", dir, e->d_name);
-        if (access(p, F_OK) != 0) continue;
-        if (n == cap) {
-            cap = cap ? 2 * cap : 16;
-            int64_t *t = realloc(*steps, sizeof *t * (size_t)cap);
-            if (!t) {
-                free(*steps);
-                *steps = NULL;
-                closedir(d);
-                return -1;
-            }
-            *steps = t;
-        }
-        (*steps)[n++] = s;
-    }
-    closedir(d);
-    for (int i = 1; i < n; i++) /* insertion sort: a handful of entries */
-        for (int j = i; j > 0 && (*steps)[j - 1] > (*steps)[j]; j--) {
-            int64_t t = (*steps)[j];
-            (*steps)[j] = (*steps)[j - 1];
-            (*steps)[j - 1] = t;
-        }
-    return n;
-}
-
-static void hex_encode(const uint8_t *b, size_t n, char *out /* [2n+1] */) {
-    static const char H[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = H[b[i] >> 4];
-        out[2 * i + 1] = H[b[i] & 15];
-    }
-    out[2 * n] = 0;
-}
-
-static bool hex_decode(const char *s, uint8_t *out, size_t n) {
-    if (!s || strlen(s) != 2 * n) return false;
-    for (size_t i = 0; i < 2 * n; i++) {
-        char ch = s[i];
-        int v = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
-        if (v < 0) return false;
-        if (i & 1) out[i / 2] |= (uint8_t)v;
-        else out[i / 2] = (uint8_t)(v << 4);
-    }
-    return true;
-}
-
 static const char *const RNG_KEYS[3] = {"rng_latents", "rng_truncation", "rng_noise"};
 
 /* Writes RUNDIR/checkpoints/step_NNNNNN/ through a .tmp directory, then keeps
  * the newest o->keep_checkpoints complete ones. */
 static ap_status save_checkpoint(ap_ctx *c, const ap_train_opts *o, int step, int64_t pos, ap_rng *const g[3],
                                  const ap_lora_set *lora, ap_adamw *opt) {
-    char dir[4096], fin[4200], tmp[4300], p[4400];
-    snprintf(dir, sizeof dir, "%s/checkpoints", o->out_dir);
-    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
-        return ap_seterr(c, AP_ERR_IO, "%s: cannot create: %s", dir, strerror(errno));
-    snprintf(fin, sizeof fin, "%s/step_%06d", dir, step);
-    snprintf(tmp, sizeof tmp, "%s.tmp", fin);
-    if (rm_tree(tmp) != 0 || mkdir(tmp, 0755) != 0)
-        return ap_seterr(c, AP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    char tmp[4200], p[4400];
+    ap_status st = ap_ckpt_begin(c, o->out_dir, step, tmp, sizeof tmp);
+    if (st != AP_OK) return st;
     snprintf(p, sizeof p, "%s/lora.safetensors", tmp);
-    ap_status st = ap_lora_save(c, lora, p, AP_LORA_KOHYA);
+    st = ap_lora_save(c, lora, p, AP_LORA_KOHYA);
     if (st == AP_OK) {
         snprintf(p, sizeof p, "%s/optimizer.safetensors", tmp);
         st = ap_adamw_save(opt, p);
@@ -241,7 +139,7 @@ static ap_status save_checkpoint(ap_ctx *c, const ap_train_opts *o, int step, in
                   ap_json_add_int(j, "ranks", ap_dist_size());
         for (int i = 0; i < 3 && ok; i++) {
             ap_rng_get_state(g[i], raw);
-            hex_encode(raw, sizeof raw, hex);
+            ap_hex_encode(raw, sizeof raw, hex);
             ok = ap_json_add_str(j, RNG_KEYS[i], hex);
         }
         ok = ok && ap_json_add(j, "config", cj);
@@ -250,42 +148,21 @@ static ap_status save_checkpoint(ap_ctx *c, const ap_train_opts *o, int step, in
         st = ok ? ap_json_save(c, p, j, true) : ap_seterr(c, AP_ERR_NOMEM, "out of memory");
         ap_json_free(j);
     }
-    if (st == AP_OK) {
-        snprintf(p, sizeof p, "%s/DONE", tmp);
-        st = ap_write_file(c, p, "complete\n", 9);
-    }
-    /* a leftover final directory can only be an incomplete one from a crashed run */
-    if (st == AP_OK && (fsync_path(tmp) != 0 || rm_tree(fin) != 0 || rename(tmp, fin) != 0 || fsync_path(dir) != 0))
-        st = ap_seterr(c, AP_ERR_IO, "%s: cannot complete the checkpoint: %s", fin, strerror(errno));
     if (st != AP_OK) {
-        rm_tree(tmp);
+        ap_rm_tree(tmp);
         return st;
     }
-    if (o->keep_checkpoints > 0) {
-        int64_t *steps;
-        int n = list_checkpoints(dir, &steps);
-        for (int i = 0; i < n - o->keep_checkpoints; i++) {
-            snprintf(p, sizeof p, "%s/step_%06lld", dir, (long long)steps[i]);
-            rm_tree(p);
-        }
-        free(steps);
-    }
-    return AP_OK;
+    return ap_ckpt_commit(c, o->out_dir, step, tmp, o->keep_checkpoints);
 }
 
 /* Loads the newest complete checkpoint of o->out_dir: adapters, optimizer,
  * the three streams and the prompt position; *step receives its step. */
 static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, int64_t *pos, ap_rng *const g[3],
                                  ap_lora_set *lora, ap_adamw *opt) {
-    char dir[4096], p[4400];
-    snprintf(dir, sizeof dir, "%s/checkpoints", o->out_dir);
-    int64_t *steps;
-    int n = list_checkpoints(dir, &steps);
-    if (n < 0) return ap_seterr(c, AP_ERR_NOMEM, "out of memory");
-    if (n == 0) return ap_seterr(c, AP_ERR_NOT_FOUND, "train --resume: no complete checkpoint in %s", dir);
-    int64_t s = steps[n - 1];
-    free(steps);
-    snprintf(p, sizeof p, "%s/step_%06lld/state.json", dir, (long long)s);
+    char ck[4200], p[4400];
+    int64_t s;
+    if (ap_ckpt_latest(c, o->out_dir, "train", ck, sizeof ck, &s) != AP_OK) return c->status;
+    snprintf(p, sizeof p, "%s/state.json", ck);
     ap_json *j = ap_json_load(c, p);
     if (!j) return c->status;
     ap_status st = AP_OK;
@@ -319,17 +196,17 @@ static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, i
                        o->accum, ap_dist_size() * o->accum, (long long)(s_ranks * s_acc));
     for (int i = 0; i < 3 && st == AP_OK; i++) {
         uint8_t raw[AP_RNG_STATE_BYTES];
-        if (!hex_decode(ap_json_str(ap_json_get(j, RNG_KEYS[i])), raw, sizeof raw))
+        if (!ap_hex_decode(ap_json_str(ap_json_get(j, RNG_KEYS[i])), raw, sizeof raw))
             st = ap_seterr(c, AP_ERR_FORMAT, "%s: %s is not a %d-byte hex state", p, RNG_KEYS[i], AP_RNG_STATE_BYTES);
         else st = ap_rng_set_state(c, g[i], raw, sizeof raw);
     }
     ap_json_free(j);
     if (st == AP_OK) {
-        snprintf(p, sizeof p, "%s/step_%06lld/lora.safetensors", dir, (long long)s);
+        snprintf(p, sizeof p, "%s/lora.safetensors", ck);
         st = ap_lora_load(c, lora, p, NULL);
     }
     if (st == AP_OK) {
-        snprintf(p, sizeof p, "%s/step_%06lld/optimizer.safetensors", dir, (long long)s);
+        snprintf(p, sizeof p, "%s/optimizer.safetensors", ck);
         st = ap_adamw_load(opt, p);
         if (st == AP_OK) {
             opt->cfg.lr = o->lr;
@@ -342,33 +219,6 @@ static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, i
         *pos = jp;
     }
     return st == AP_OK ? c->status : st;
-}
-
-/* Keeps the log's lines up to step `upto` (those of an interrupted run past
- * the checkpoint go), rewritten atomically. */
-static ap_status trim_log(ap_ctx *c, const char *path, int upto) {
-    if (access(path, F_OK) != 0) return AP_OK; /* nothing logged yet */
-    size_t len = 0;
-    char *text = ap_read_file(c, path, (size_t)1 << 30, &len);
-    if (!text) return c->status;
-    ap_atomic_file af;
-    ap_status st = ap_atomic_open(c, path, &af);
-    if (st != AP_OK) {
-        free(text);
-        return st;
-    }
-    for (char *line = text; st == AP_OK && *line;) {
-        char *nl = strchr(line, '\n');
-        size_t n = nl ? (size_t)(nl - line + 1) : strlen(line);
-        int s = 0;
-        if (sscanf(line, "{\"step\": %d", &s) == 1 && s <= upto && nl && fwrite(line, 1, n, af.f) != n)
-            st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
-        line += n;
-    }
-    free(text);
-    if (st == AP_OK) return ap_atomic_commit(c, &af);
-    ap_atomic_abort(&af);
-    return st;
 }
 
 /* Evaluation: every prompt of the evaluation set with seeds 0..N-1, sampled
@@ -663,12 +513,12 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
         snprintf(path, sizeof path, "%s/config.json", o->out_dir);
         st = write_config(c, o, path);
         snprintf(path, sizeof path, "%s/log.jsonl", o->out_dir);
-        if (st == AP_OK && o->resume) st = trim_log(c, path, done);
+        if (st == AP_OK && o->resume) st = ap_log_trim(c, path, done);
         log = st == AP_OK ? fopen(path, o->resume ? "a" : "w") : NULL;
         if (st == AP_OK && !log) st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
         if (st == AP_OK && o->eval_prompts) {
             snprintf(path, sizeof path, "%s/eval.jsonl", o->out_dir);
-            if (o->resume) st = trim_log(c, path, done);
+            if (o->resume) st = ap_log_trim(c, path, done);
             elog = st == AP_OK ? fopen(path, o->resume ? "a" : "w") : NULL;
             if (st == AP_OK && !elog) st = ap_seterr(c, AP_ERR_IO, "%s: cannot write", path);
         }
