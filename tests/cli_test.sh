@@ -203,7 +203,7 @@ contains "demo says where its image is" "wrote $tmp/demo/samples.png" "$out"
 out=$($bin demo --model "$tmp/m" --steps 2 --eval-per-prompt 1 --sample-steps 3 -o "$tmp/demo2" 2>&1); rc=$?
 check "demo exits 0" 0 $rc
 contains "demo reports the target fraction" "exactly 3 shapes (pixel count)" "$out"
-contains "demo reports the reward before and after" "reward |count - 3|" "$out"
+contains "demo reports the loss before and after" "loss mean |count - 3|" "$out"
 for f in before.png after.png run/report.html run/lora.safetensors; do
   [ -s "$tmp/demo2/$f" ] || { echo "FAIL demo wrote no $f"; fail=1; }
 done

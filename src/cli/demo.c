@@ -136,6 +136,7 @@ static const char *find_model(char *buf, size_t n, char *tried, size_t tn) {
 typedef struct {
     int images, hit_model, hit_pixels;
     double mean_count; /* the counter's expected count */
+    double mean_loss;  /* mean |count - target|: the training loss on these images */
 } count_stats;
 
 /* Samples every evaluation prompt with seeds 0..k-1 (as the trainer's
@@ -165,7 +166,9 @@ static ap_status count_eval(ap_ctx *c, ap_sd_model *m, ap_counter *counter, cons
                 for (int j = 1; j < AP_COUNTER_CLASSES; j++)
                     if (lg[j] > lg[best]) best = j;
                 s->hit_model += best + 1 == target;
-                s->mean_count += ((const float *)ap_tensor_cdata(ex))[0];
+                double cnt = ((const float *)ap_tensor_cdata(ex))[0];
+                s->mean_count += cnt;
+                s->mean_loss += fabs(cnt - target);
                 s->hit_pixels += ap_shapes_analyze(ap_tensor_cdata(img), t->height, t->width, NULL) == target;
                 s->images++;
             }
@@ -177,7 +180,7 @@ static ap_status count_eval(ap_ctx *c, ap_sd_model *m, ap_counter *counter, cons
             ap_tensor_release(ex);
         }
     ap_set_grad_enabled(c, prev);
-    if (s->images) s->mean_count /= s->images;
+    if (s->images) s->mean_count /= s->images, s->mean_loss /= s->images;
     return ap_last_status(c);
 }
 
@@ -337,8 +340,7 @@ int ap_cli_demo(int argc, char **argv) {
            100.0 * after.hit_model / after.images);
     printf("  exactly %ld shapes (pixel count)   %5.1f%%   %5.1f%%\n", target,
            100.0 * before.hit_pixels / before.images, 100.0 * after.hit_pixels / after.images);
-    printf("  reward |count - %ld|               %6.3f   %6.3f\n", target, fabs(before.mean_count - (double)target),
-           fabs(after.mean_count - (double)target));
+    printf("  loss mean |count - %ld|            %6.3f   %6.3f\n", target, before.mean_loss, after.mean_loss);
     printf("\ntrained %ld steps in %.0f s (%.0f s in all)\n", steps, train_s, ap_now() - t0);
     printf("wrote %s and %s (a row per caption), and %s/report.html (curves, grids); adapters %s\n", before_png,
            after_png, run, lora);
