@@ -13,6 +13,7 @@
 #include "io/json.h"
 #include "models/tokenizer.h"
 
+#include "core/embed.h"
 #include "core/internal.h"
 #include "models/tokenizer_tables.h"
 
@@ -32,21 +33,9 @@ const ap_tok_opts ap_tok_opts_sd1 = {0, AP_TOK_CONTEXT, AP_TOK_EOT};
 const ap_tok_opts ap_tok_opts_openclip = {AP_TOK_HTML_UNESCAPE, AP_TOK_CONTEXT, 0};
 
 /* ------------------------------------------------------------ the bundled merges
- * The build passes the asset's path as AP_CLIP_BPE_GZ; .incbin puts its bytes in
- * .rodata, so the library needs no data file at run time. */
+ * The build passes the asset's path as AP_CLIP_BPE_GZ (core/embed.h). */
 #ifdef AP_CLIP_BPE_GZ
-__asm__(".pushsection .rodata.ap_clip_bpe,\"a\",@progbits\n"
-        ".balign 16\n"
-        ".globl ap_clip_bpe_gz\n"
-        ".hidden ap_clip_bpe_gz\n"
-        "ap_clip_bpe_gz:\n"
-        ".incbin \"" AP_CLIP_BPE_GZ "\"\n"
-        ".globl ap_clip_bpe_gz_end\n"
-        ".hidden ap_clip_bpe_gz_end\n"
-        "ap_clip_bpe_gz_end:\n"
-        ".popsection\n");
-extern const unsigned char ap_clip_bpe_gz[] __attribute__((visibility("hidden")));
-extern const unsigned char ap_clip_bpe_gz_end[] __attribute__((visibility("hidden")));
+AP_EMBED_FILE(ap_clip_bpe_gz, AP_CLIP_BPE_GZ);
 #endif
 
 /* ------------------------------------------------------------ structures */
@@ -520,7 +509,7 @@ ap_status ap_tokenizer_load_bundled(ap_ctx *c, ap_tokenizer **out) {
     *out = NULL;
 #ifdef AP_CLIP_BPE_GZ
     return load_merges_bytes(c, "bundled bpe_simple_vocab_16e6.txt.gz", ap_clip_bpe_gz,
-                             (size_t)(ap_clip_bpe_gz_end - ap_clip_bpe_gz), out);
+                             AP_EMBED_SIZE(ap_clip_bpe_gz), out);
 #else
     return ap_seterr(c, AP_ERR_UNSUPPORTED, "tokenizer: this build has no bundled merges");
 #endif

@@ -11,26 +11,15 @@
  * would cost the score about two significant digits). */
 #include "rewards/clip_rewards.h"
 
+#include "core/embed.h"
 #include "core/internal.h"
 #include "io/torchfile.h"
 
 #include <stdlib.h>
 
-/* The build passes the asset's path as AP_AESTHETIC_PTH; .incbin puts its
- * bytes in .rodata, so the library needs no data file at run time. */
+/* The build passes the asset's path as AP_AESTHETIC_PTH (core/embed.h). */
 #ifdef AP_AESTHETIC_PTH
-__asm__(".pushsection .rodata.ap_aesthetic_pth,\"a\",@progbits\n"
-        ".balign 64\n"
-        ".globl ap_aesthetic_pth\n"
-        ".hidden ap_aesthetic_pth\n"
-        "ap_aesthetic_pth:\n"
-        ".incbin \"" AP_AESTHETIC_PTH "\"\n"
-        ".globl ap_aesthetic_pth_end\n"
-        ".hidden ap_aesthetic_pth_end\n"
-        "ap_aesthetic_pth_end:\n"
-        ".popsection\n");
-extern const unsigned char ap_aesthetic_pth[] __attribute__((visibility("hidden")));
-extern const unsigned char ap_aesthetic_pth_end[] __attribute__((visibility("hidden")));
+AP_EMBED_FILE(ap_aesthetic_pth, AP_AESTHETIC_PTH);
 #endif
 
 #define N_LAYERS 5
@@ -120,7 +109,7 @@ ap_status ap_aesthetic_head_builtin(ap_ctx *c, ap_aesthetic_head *out) {
 #ifdef AP_AESTHETIC_PTH
     static const char name[] = "bundled sac+logos+ava1-l14-linearMSE.pth";
     ap_torchfile *pt = NULL;
-    ap_status st = ap_pt_open_memory(c, name, ap_aesthetic_pth, (size_t)(ap_aesthetic_pth_end - ap_aesthetic_pth), &pt);
+    ap_status st = ap_pt_open_memory(c, name, ap_aesthetic_pth, AP_EMBED_SIZE(ap_aesthetic_pth), &pt);
     if (st == AP_OK) st = ap_aesthetic_head_from_torchfile(c, pt, name, out);
     ap_pt_close(pt);
     return st;

@@ -1,6 +1,7 @@
 /* The counting model (counter.h). */
 #include "rewards/counter.h"
 
+#include "core/embed.h"
 #include "core/internal.h"
 #include "io/safetensors.h"
 
@@ -9,22 +10,11 @@
 #include <sys/stat.h>
 
 /* The build passes the shipped weights' path as AP_COUNTER_ST when the file
- * exists; .incbin puts its bytes in .rodata. */
+ * exists (core/embed.h). */
 #ifdef AP_COUNTER_ST
-__asm__(".pushsection .rodata.ap_counter_st,\"a\",@progbits\n"
-        ".balign 16\n"
-        ".globl ap_counter_st\n"
-        ".hidden ap_counter_st\n"
-        "ap_counter_st:\n"
-        ".incbin \"" AP_COUNTER_ST "\"\n"
-        ".globl ap_counter_st_end\n"
-        ".hidden ap_counter_st_end\n"
-        "ap_counter_st_end:\n"
-        ".popsection\n");
-extern const unsigned char ap_counter_st[] __attribute__((visibility("hidden")));
-extern const unsigned char ap_counter_st_end[] __attribute__((visibility("hidden")));
+AP_EMBED_FILE(ap_counter_st, AP_COUNTER_ST);
 const void *ap_counter_embedded(size_t *len) {
-    *len = (size_t)(ap_counter_st_end - ap_counter_st);
+    *len = AP_EMBED_SIZE(ap_counter_st);
     return ap_counter_st;
 }
 #else

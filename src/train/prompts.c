@@ -2,6 +2,7 @@
 #include "prompts.h"
 
 #include "core/internal.h"
+#include "core/embed.h"
 #include "io/atomic.h"
 #include "train/shapes.h"
 
@@ -10,18 +11,10 @@
 #include <stdlib.h>
 
 #ifdef AP_PROMPTS_DIR
-#define AP_EMBED(sym, file)                                                                        \
-    __asm__(".pushsection .rodata.ap_prompts,\"a\",@progbits\n"                                    \
-            ".globl " #sym "\n.hidden " #sym "\n" #sym ":\n"                                       \
-            ".incbin \"" AP_PROMPTS_DIR "/" file "\"\n"                                            \
-            ".globl " #sym "_end\n.hidden " #sym "_end\n" #sym "_end:\n"                           \
-            ".popsection\n");                                                                      \
-    extern const char sym[] __attribute__((visibility("hidden")));                                 \
-    extern const char sym##_end[] __attribute__((visibility("hidden")));
-AP_EMBED(ap_ps_simple_animals, "simple_animals.txt")
-AP_EMBED(ap_ps_eval_simple_animals, "eval_simple_animals.txt")
-AP_EMBED(ap_ps_hps_v2_all, "hps_v2_all.txt")
-AP_EMBED(ap_ps_hps_v2_all_eval, "hps_v2_all_eval.txt")
+AP_EMBED_FILE(ap_ps_simple_animals, AP_PROMPTS_DIR "/simple_animals.txt");
+AP_EMBED_FILE(ap_ps_eval_simple_animals, AP_PROMPTS_DIR "/eval_simple_animals.txt");
+AP_EMBED_FILE(ap_ps_hps_v2_all, AP_PROMPTS_DIR "/hps_v2_all.txt");
+AP_EMBED_FILE(ap_ps_hps_v2_all_eval, AP_PROMPTS_DIR "/hps_v2_all_eval.txt");
 #endif
 
 const char *const ap_prompt_sets[] = {"simple_animals", "eval_simple_animals", "hps_v2_all", "hps_v2_all_eval",
@@ -101,12 +94,12 @@ ap_status ap_prompts_load(ap_ctx *c, const char *source, ap_prompts *out) {
     if (!strncmp(source, "builtin:", 8)) {
 #ifdef AP_PROMPTS_DIR
         const char *name = source + 8;
-        const char *const beg[] = {ap_ps_simple_animals, ap_ps_eval_simple_animals, ap_ps_hps_v2_all,
-                                   ap_ps_hps_v2_all_eval};
-        const char *const end[] = {ap_ps_simple_animals_end, ap_ps_eval_simple_animals_end, ap_ps_hps_v2_all_end,
-                                   ap_ps_hps_v2_all_eval_end};
+        const unsigned char *const beg[] = {ap_ps_simple_animals, ap_ps_eval_simple_animals, ap_ps_hps_v2_all,
+                                            ap_ps_hps_v2_all_eval};
+        const unsigned char *const end[] = {ap_ps_simple_animals_end, ap_ps_eval_simple_animals_end,
+                                            ap_ps_hps_v2_all_end, ap_ps_hps_v2_all_eval_end};
         for (int i = 0; i < 4; i++)
-            if (!strcmp(name, ap_prompt_sets[i])) return parse(c, source, beg[i], (size_t)(end[i] - beg[i]), out);
+            if (!strcmp(name, ap_prompt_sets[i])) return parse(c, source, (const char *)beg[i], (size_t)(end[i] - beg[i]), out);
 #endif
         if (!strcmp(source + 8, "shapes") || !strcmp(source + 8, "shapes_eval")) {
             size_t n = 0;
