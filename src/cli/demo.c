@@ -184,8 +184,6 @@ static ap_status count_eval(ap_ctx *c, ap_sd_model *m, ap_counter *counter, cons
     return ap_last_status(c);
 }
 
-static volatile sig_atomic_t g_stop;
-static void on_signal(int sig) { g_stop = sig; }
 static void on_train_progress(void *u, int step, int total, double r) {
     char extra[64];
     snprintf(extra, sizeof extra, "count %.3g", r);
@@ -307,23 +305,17 @@ int ap_cli_demo(int argc, char **argv) {
     ap_progress_begin(&bar, "AlignProp");
     t.progress = on_train_progress;
     t.progress_user = &bar;
-    g_stop = 0;
-    t.stop = &g_stop;
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
+    t.stop = &ap_cli_stop_signal;
+    ap_cli_stop stop;
+    ap_cli_stop_begin(&stop);
     double t1 = ap_now();
     ap_status st = ap_train(c, &t);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    ap_cli_stop_end(&stop);
     ap_progress_end(&bar);
     if (st != AP_OK) goto done;
-    if (g_stop) {
+    if (ap_cli_stop_signal) {
         fprintf(stderr, "alignprop demo: interrupted; the run so far is in %s\n", run);
-        rc = 128 + (int)g_stop;
+        rc = 128 + (int)ap_cli_stop_signal;
         goto done;
     }
     double train_s = ap_now() - t1;

@@ -33,14 +33,11 @@ static int usage(void) {
             "  --save-every N         checkpoint every N steps (100; 0: at stage ends only)\n"
             "  --keep-checkpoints K   complete checkpoints kept (2; 0: all)\n"
             "  --resume [RUNDIR]      continue RUNDIR (or -o) from its newest complete checkpoint\n"
-            "Ctrl-C (or SIGTERM) finishes the current step, writes a checkpoint and exits 130 (143).\n");
+            "Ctrl-C (or SIGTERM, SIGUSR1) finishes the current step, writes a checkpoint and exits 130 (143, 138).\n");
     return 2;
 }
 
-static volatile sig_atomic_t g_stop;
 static int g_last_step;
-
-static void on_signal(int sig) { g_stop = sig; }
 
 static void on_progress(void *u, const char *stage, int step, int total, double loss) {
     g_last_step = step;
@@ -138,31 +135,25 @@ int ap_cli_pretrain(int argc, char **argv) {
     ap_progress_begin(&bar, "pretraining");
     o.progress = on_progress;
     o.progress_user = &bar;
-    g_stop = 0;
-    o.stop = &g_stop;
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
+    o.stop = &ap_cli_stop_signal;
+    ap_cli_stop stop;
+    ap_cli_stop_begin(&stop);
     double t0 = ap_now();
     ap_status st = ap_pretrain(c, &o);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
+    ap_cli_stop_end(&stop);
     ap_progress_end(&bar);
     if (st != AP_OK) {
         fprintf(stderr, "alignprop pretrain: %s\n", ap_last_error(c));
         ap_ctx_free(c);
         return 1;
     }
-    if (g_stop) {
+    if (ap_cli_stop_signal) {
         fprintf(stderr,
                 "alignprop pretrain: interrupted (%s) after step %d; checkpoint written in %s/checkpoints; "
                 "continue with --resume %s\n",
-                g_stop == SIGINT ? "SIGINT" : "SIGTERM", g_last_step, o.out_dir, o.out_dir);
+                ap_cli_signal_name(ap_cli_stop_signal), g_last_step, o.out_dir, o.out_dir);
         ap_ctx_free(c);
-        return 128 + (int)g_stop;
+        return 128 + (int)ap_cli_stop_signal;
     }
     printf("pretrained in %.1f s; run directory %s (config.json, log.jsonl, checkpoints/, model/)\n", ap_now() - t0,
            o.out_dir);

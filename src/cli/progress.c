@@ -1,6 +1,7 @@
 #include "progress.h"
 
 #include <stdio.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -30,4 +31,26 @@ void ap_progress_update(ap_progress *p, int done, int total, const char *extra) 
 
 void ap_progress_end(ap_progress *p) {
     if (p->tty) fprintf(stderr, "\n");
+}
+
+volatile sig_atomic_t ap_cli_stop_signal;
+static const int STOP_SIGNALS[3] = {SIGINT, SIGTERM, SIGUSR1};
+
+static void on_stop_signal(int sig) { ap_cli_stop_signal = sig; }
+
+void ap_cli_stop_begin(ap_cli_stop *s) {
+    ap_cli_stop_signal = 0;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    for (int i = 0; i < 3; i++) sigaction(STOP_SIGNALS[i], &sa, &s->old[i]);
+}
+
+void ap_cli_stop_end(ap_cli_stop *s) {
+    for (int i = 0; i < 3; i++) sigaction(STOP_SIGNALS[i], &s->old[i], NULL);
+}
+
+const char *ap_cli_signal_name(int sig) {
+    return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : "a signal";
 }

@@ -14,4 +14,18 @@ void ap_progress_update(ap_progress *p, int done, int total, const char *extra);
 void ap_progress_end(ap_progress *p);
 double ap_now(void);
 
+/* The clean stop of a long job (train, pretrain, demo): between begin and end,
+ * SIGINT, SIGTERM and SIGUSR1 (which Open MPI's mpirun forwards to every rank,
+ * where it turns SIGINT and SIGTERM into killing the job) store their number in
+ * ap_cli_stop_signal instead of killing the process; the job polls it after
+ * each step, and the command exits 128 + the signal. */
+#include <signal.h>
+extern volatile sig_atomic_t ap_cli_stop_signal;
+typedef struct {
+    struct sigaction old[3];
+} ap_cli_stop;
+void ap_cli_stop_begin(ap_cli_stop *s);
+void ap_cli_stop_end(ap_cli_stop *s);
+const char *ap_cli_signal_name(int sig); /* "SIGINT", "SIGTERM", "SIGUSR1" */
+
 #endif

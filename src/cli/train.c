@@ -65,11 +65,8 @@ static int usage(void) {
     return 2;
 }
 
-static volatile sig_atomic_t g_stop; /* the signal that asked to stop, 0 while none */
 static int g_last_step;
 static int g_exit_rank = -1, g_exit_step = -1; /* AP_TEST_DIST_EXIT=RANK:STEP */
-
-static void on_signal(int sig) { g_stop = sig; }
 
 static void on_progress(void *u, int step, int total, double r) {
     g_last_step = step;
@@ -192,36 +189,24 @@ static int train_main(int argc, char **argv) {
     if (g_talk) ap_progress_begin(&bar, "training");
     o.progress = on_progress;
     o.progress_user = &bar;
-    g_stop = 0;
-    o.stop = &g_stop;
-    /* SIGUSR1: Open MPI's mpirun forwards it to every rank (it turns SIGINT
-     * and SIGTERM into killing the job), so it is the clean stop of a job */
-    struct sigaction sa, old_int, old_term, old_usr1;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    sigaction(SIGUSR1, &sa, &old_usr1);
+    o.stop = &ap_cli_stop_signal;
+    ap_cli_stop stop;
+    ap_cli_stop_begin(&stop);
     double t0 = ap_now();
     ap_status st = ap_train(c, &o);
-    sigaction(SIGINT, &old_int, NULL);
-    sigaction(SIGTERM, &old_term, NULL);
-    sigaction(SIGUSR1, &old_usr1, NULL);
+    ap_cli_stop_end(&stop);
     if (g_talk) ap_progress_end(&bar);
     if (st != AP_OK) {
         say("alignprop train: %s\n", ap_last_error(c));
         ap_ctx_free(c);
         return 1;
     }
-    if (g_stop) {
-        say(
-                "alignprop train: interrupted (%s) after step %d; checkpoint written in %s/checkpoints; "
-                "continue with --resume %s\n",
-                g_stop == SIGINT ? "SIGINT" : g_stop == SIGTERM ? "SIGTERM" : "SIGUSR1", g_last_step, o.out_dir,
-                o.out_dir);
+    if (ap_cli_stop_signal) {
+        say("alignprop train: interrupted (%s) after step %d; checkpoint written in %s/checkpoints; "
+            "continue with --resume %s\n",
+            ap_cli_signal_name(ap_cli_stop_signal), g_last_step, o.out_dir, o.out_dir);
         ap_ctx_free(c);
-        return 128 + (int)g_stop;
+        return 128 + (int)ap_cli_stop_signal;
     }
     if (g_talk)
         printf("trained %d steps in %.1f s; run directory %s (config.json, log.jsonl, lora.safetensors, checkpoints/, "
