@@ -178,3 +178,18 @@ ap_status ap_log_trim(ap_ctx *c, const char *path, int64_t upto) {
     ap_atomic_abort(&af);
     return st;
 }
+
+ap_status ap_ckpt_check_config(ap_ctx *c, const char *who, const char *path, const ap_json *saved, const ap_json *cur,
+                               const char *const *keys, int n) {
+    if (ap_failed(c)) return c->status;
+    for (int i = 0; i < n && !ap_failed(c); i++) {
+        char *a = ap_json_print(ap_json_get(saved, keys[i]), false);
+        char *b = ap_json_print(ap_json_get(cur, keys[i]), false);
+        if (!a || !b || strcmp(a, b) != 0)
+            ap_seterr(c, AP_ERR_INVALID_ARG, "%s --resume: the checkpoint %s was made with %s = %s, this run has %s = %s",
+                      who, path, keys[i], a ? a : "(none)", keys[i], b ? b : "(none)");
+        ap_json_free_str(a);
+        ap_json_free_str(b);
+    }
+    return c->status;
+}

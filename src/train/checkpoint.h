@@ -7,6 +7,7 @@
 #define AP_TRAIN_CHECKPOINT_H
 
 #include "alignprop.h"
+#include "io/json.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -32,6 +33,12 @@ ap_status ap_ckpt_latest(ap_ctx *c, const char *run_dir, const char *who, char *
 /* Lowercase hex of n bytes into out [2n+1], and back (false on a malformed string). */
 void ap_hex_encode(const uint8_t *b, size_t n, char *out);
 int ap_hex_decode(const char *s, uint8_t *out, size_t n);
+
+/* Checks that a resumed run keeps the settings its checkpoint (at path) was made
+ * with: the values of keys[0..n-1] must print the same in saved and cur.
+ * AP_ERR_INVALID_ARG naming the key, both values and `who` otherwise. */
+ap_status ap_ckpt_check_config(ap_ctx *c, const char *who, const char *path, const ap_json *saved, const ap_json *cur,
+                               const char *const *keys, int n);
 
 /* Keeps the lines of a JSON-lines log whose "step" is at most upto (the lines
  * of an interrupted run past its checkpoint go), rewritten atomically. A

@@ -459,16 +459,8 @@ static ap_status load_checkpoint(run *r, int64_t *step, char *dir, size_t n) {
     if (!saved || !ap_json_int(ap_json_get(j, "step"), 0, INT64_MAX, &js) || js != *step)
         st = ap_seterr(c, AP_ERR_FORMAT, "%s: step or config missing", p);
     ap_json *cur = st == AP_OK ? config_json(c, r->o, NULL) : NULL;
-    for (size_t i = 0; st == AP_OK && i < sizeof COMPAT_KEYS / sizeof *COMPAT_KEYS; i++) {
-        char *a = ap_json_print(ap_json_get(saved, COMPAT_KEYS[i]), false);
-        char *b = ap_json_print(ap_json_get(cur, COMPAT_KEYS[i]), false);
-        if (!a || !b || strcmp(a, b) != 0)
-            st = ap_seterr(c, AP_ERR_INVALID_ARG,
-                           "pretrain --resume: the checkpoint %s was made with %s = %s, this run has %s = %s", p,
-                           COMPAT_KEYS[i], a ? a : "(none)", COMPAT_KEYS[i], b ? b : "(none)");
-        ap_json_free_str(a);
-        ap_json_free_str(b);
-    }
+    if (st == AP_OK)
+        st = ap_ckpt_check_config(c, "pretrain", p, saved, cur, COMPAT_KEYS, (int)(sizeof COMPAT_KEYS / sizeof *COMPAT_KEYS));
     int64_t sv = 0, nv = r->vae_end;
     if (st == AP_OK && (!ap_json_int(ap_json_get(saved, "vae_steps"), 0, INT64_MAX, &sv) ||
                         (sv != nv && (*step > sv || *step > nv))))

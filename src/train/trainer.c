@@ -172,16 +172,8 @@ static ap_status load_checkpoint(ap_ctx *c, const ap_train_opts *o, int *step, i
         !ap_json_int(ap_json_get(j, "prompt_position"), 0, INT64_MAX, &jp) || !saved)
         st = ap_seterr(c, AP_ERR_FORMAT, "%s: step, prompt_position or config missing", p);
     ap_json *cur = st == AP_OK ? config_json(c, o) : NULL;
-    for (size_t i = 0; st == AP_OK && i < sizeof COMPAT_KEYS / sizeof *COMPAT_KEYS; i++) {
-        char *a = ap_json_print(ap_json_get(saved, COMPAT_KEYS[i]), false);
-        char *b = ap_json_print(ap_json_get(cur, COMPAT_KEYS[i]), false);
-        if (!a || !b || strcmp(a, b) != 0)
-            st = ap_seterr(c, AP_ERR_INVALID_ARG,
-                           "train --resume: the checkpoint %s was made with %s = %s, this run has %s = %s", p,
-                           COMPAT_KEYS[i], a ? a : "(none)", COMPAT_KEYS[i], b ? b : "(none)");
-        ap_json_free_str(a);
-        ap_json_free_str(b);
-    }
+    if (st == AP_OK)
+        st = ap_ckpt_check_config(c, "train", p, saved, cur, COMPAT_KEYS, (int)(sizeof COMPAT_KEYS / sizeof *COMPAT_KEYS));
     ap_json_free(cur);
     int64_t s_acc = 0, s_ranks = 1; /* checkpoints from before MPI have no "ranks": one */
     const ap_json *jr = ap_json_get(saved, "ranks");
