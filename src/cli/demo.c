@@ -207,7 +207,6 @@ int ap_cli_demo(int argc, char **argv) {
     long steps = 60, target = 3, per_prompt = 4, sample_steps = 20;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        char *end = NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage();
         if (!v) {
             fprintf(stderr, "alignprop demo: %s needs a value\n", a);
@@ -216,14 +215,12 @@ int ap_cli_demo(int argc, char **argv) {
         i++;
         if (!strcmp(a, "-o") || !strcmp(a, "--out")) out = v;
         else if (!strcmp(a, "--model")) model = v;
-        else if (!strcmp(a, "--steps") && (steps = strtol(v, &end, 10), *v && !*end && steps >= 1 && steps <= 100000)) {
-        } else if (!strcmp(a, "--target") && (target = strtol(v, &end, 10), *v && !*end && target >= 1 && target <= 5)) {
-        } else if (!strcmp(a, "--sample-steps") &&
-                   (sample_steps = strtol(v, &end, 10), *v && !*end && sample_steps >= 1 && sample_steps <= 1000)) {
-        } else if (!strcmp(a, "--eval-per-prompt") &&
-                   (per_prompt = strtol(v, &end, 10), *v && !*end && per_prompt >= 1 && per_prompt <= 64)) {
-        } else {
-            fprintf(stderr, "alignprop demo: bad option %s %s\n", a, v);
+        else if (!strcmp(a, "--steps")) { if (ap_cli_int("demo", a, v, 1, 100000, &steps)) return 2; }
+        else if (!strcmp(a, "--target")) { if (ap_cli_int("demo", a, v, 1, 5, &target)) return 2; }
+        else if (!strcmp(a, "--sample-steps")) { if (ap_cli_int("demo", a, v, 1, 1000, &sample_steps)) return 2; }
+        else if (!strcmp(a, "--eval-per-prompt")) { if (ap_cli_int("demo", a, v, 1, 64, &per_prompt)) return 2; }
+        else {
+            fprintf(stderr, "alignprop demo: unknown option %s\n", a);
             return usage();
         }
     }

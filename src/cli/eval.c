@@ -41,7 +41,6 @@ int ap_cli_eval(int argc, char **argv) {
             return usage();
         }
         i++;
-        char *end = NULL;
         if (!strcmp(a, "--model")) model = val;
         else if (!strcmp(a, "--reward")) reward = val;
         else if (!strcmp(a, "--prompts")) psrc = val;
@@ -53,15 +52,15 @@ int ap_cli_eval(int argc, char **argv) {
         else if (!strcmp(a, "--weights-dtype")) {
             if (ap_cli_parse_dtype(val, &wdt)) { fprintf(stderr, "alignprop eval: --weights-dtype %s: expected bf16, f32 or f16\n", val); return 2; }
         } else if (!strcmp(a, "--per-prompt") || !strcmp(a, "--steps") || !strcmp(a, "--width") || !strcmp(a, "--height")) {
-            long v = strtol(val, &end, 10);
-            if (*end || v < 1 || v > 8192) { fprintf(stderr, "alignprop eval: %s %s: expected a positive integer\n", a, val); return 2; }
+            long v;
+            if (ap_cli_int("eval", a, val, 1, 8192, &v)) return 2;
             if (!strcmp(a, "--per-prompt")) per = (int)v;
             else if (!strcmp(a, "--steps")) o.steps = (int)v;
             else if (!strcmp(a, "--width")) o.width = (int)v;
             else o.height = (int)v;
         } else if (!strcmp(a, "--cfg")) {
-            double v = strtod(val, &end);
-            if (*end || !isfinite(v)) { fprintf(stderr, "alignprop eval: --cfg %s: expected a number\n", val); return 2; }
+            double v;
+            if (ap_cli_num("eval", a, val, 0, 100, &v)) return 2;
             o.cfg = (float)v;
         } else { fprintf(stderr, "alignprop eval: unknown option '%s'\n", a); return usage(); }
     }

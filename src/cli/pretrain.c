@@ -46,17 +46,6 @@ static void on_progress(void *u, const char *stage, int step, int total, double 
     ap_progress_update(u, step, total, extra);
 }
 
-static int num(const char *flag, const char *s, double lo, double hi, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (!*s || *end || !isfinite(v) || v < lo || v > hi) {
-        fprintf(stderr, "alignprop pretrain: %s %s: expected a number in [%g, %g]\n", flag, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 int ap_cli_pretrain(int argc, char **argv) {
     ap_pretrain_opts o;
     ap_pretrain_defaults(&o);
@@ -85,23 +74,23 @@ int ap_cli_pretrain(int argc, char **argv) {
             if (!s) { fprintf(stderr, "alignprop pretrain: --stage %s: expected vae, unet or all\n", val); return 2; }
             o.stage = (ap_pretrain_stage)s;
         }
-        else if (!strcmp(a, "--steps")) { if (num(a, val, 1, 1e8, &v)) return 2; o.vae_steps = o.unet_steps = (int)v; }
-        else if (!strcmp(a, "--vae-steps")) { if (num(a, val, 1, 1e8, &v)) return 2; o.vae_steps = (int)v; }
-        else if (!strcmp(a, "--unet-steps")) { if (num(a, val, 1, 1e8, &v)) return 2; o.unet_steps = (int)v; }
-        else if (!strcmp(a, "--batch") || !strcmp(a, "--batch-size")) { if (num(a, val, 1, 4096, &v)) return 2; o.batch = (int)v; }
-        else if (!strcmp(a, "--lr")) { if (num(a, val, 0, 10, &v)) return 2; o.vae_lr = o.unet_lr = v; }
-        else if (!strcmp(a, "--vae-lr")) { if (num(a, val, 0, 10, &v)) return 2; o.vae_lr = v; }
-        else if (!strcmp(a, "--unet-lr")) { if (num(a, val, 0, 10, &v)) return 2; o.unet_lr = v; }
-        else if (!strcmp(a, "--warmup")) { if (num(a, val, 0, 1e8, &v)) return 2; o.warmup = (int)v; }
-        else if (!strcmp(a, "--weight-decay")) { if (num(a, val, 0, 10, &v)) return 2; o.weight_decay = v; }
-        else if (!strcmp(a, "--clip")) { if (num(a, val, 0, 1e9, &v)) return 2; o.clip = v; }
-        else if (!strcmp(a, "--kl-weight")) { if (num(a, val, 0, 1e6, &v)) return 2; o.kl_weight = v; }
-        else if (!strcmp(a, "--caption-dropout")) { if (num(a, val, 0, 1, &v)) return 2; o.caption_dropout = (float)v; }
-        else if (!strcmp(a, "--scale-batches")) { if (num(a, val, 1, 1e6, &v)) return 2; o.scale_batches = (int)v; }
-        else if (!strcmp(a, "--image-size")) { if (num(a, val, 8, 4096, &v)) return 2; o.image_size = (int)v; }
-        else if (!strcmp(a, "--seed")) { if (num(a, val, 0, 1e18, &v)) return 2; o.seed = (uint64_t)v; }
-        else if (!strcmp(a, "--save-every")) { if (num(a, val, 0, 1e8, &v)) return 2; o.save_every = (int)v; }
-        else if (!strcmp(a, "--keep-checkpoints")) { if (num(a, val, 0, 1e6, &v)) return 2; o.keep_checkpoints = (int)v; }
+        else if (!strcmp(a, "--steps")) { if (ap_cli_num("pretrain", a, val, 1, 1e8, &v)) return 2; o.vae_steps = o.unet_steps = (int)v; }
+        else if (!strcmp(a, "--vae-steps")) { if (ap_cli_num("pretrain", a, val, 1, 1e8, &v)) return 2; o.vae_steps = (int)v; }
+        else if (!strcmp(a, "--unet-steps")) { if (ap_cli_num("pretrain", a, val, 1, 1e8, &v)) return 2; o.unet_steps = (int)v; }
+        else if (!strcmp(a, "--batch") || !strcmp(a, "--batch-size")) { if (ap_cli_num("pretrain", a, val, 1, 4096, &v)) return 2; o.batch = (int)v; }
+        else if (!strcmp(a, "--lr")) { if (ap_cli_num("pretrain", a, val, 0, 10, &v)) return 2; o.vae_lr = o.unet_lr = v; }
+        else if (!strcmp(a, "--vae-lr")) { if (ap_cli_num("pretrain", a, val, 0, 10, &v)) return 2; o.vae_lr = v; }
+        else if (!strcmp(a, "--unet-lr")) { if (ap_cli_num("pretrain", a, val, 0, 10, &v)) return 2; o.unet_lr = v; }
+        else if (!strcmp(a, "--warmup")) { if (ap_cli_num("pretrain", a, val, 0, 1e8, &v)) return 2; o.warmup = (int)v; }
+        else if (!strcmp(a, "--weight-decay")) { if (ap_cli_num("pretrain", a, val, 0, 10, &v)) return 2; o.weight_decay = v; }
+        else if (!strcmp(a, "--clip")) { if (ap_cli_num("pretrain", a, val, 0, 1e9, &v)) return 2; o.clip = v; }
+        else if (!strcmp(a, "--kl-weight")) { if (ap_cli_num("pretrain", a, val, 0, 1e6, &v)) return 2; o.kl_weight = v; }
+        else if (!strcmp(a, "--caption-dropout")) { if (ap_cli_num("pretrain", a, val, 0, 1, &v)) return 2; o.caption_dropout = (float)v; }
+        else if (!strcmp(a, "--scale-batches")) { if (ap_cli_num("pretrain", a, val, 1, 1e6, &v)) return 2; o.scale_batches = (int)v; }
+        else if (!strcmp(a, "--image-size")) { if (ap_cli_num("pretrain", a, val, 8, 4096, &v)) return 2; o.image_size = (int)v; }
+        else if (!strcmp(a, "--seed")) { if (ap_cli_num("pretrain", a, val, 0, 1e18, &v)) return 2; o.seed = (uint64_t)v; }
+        else if (!strcmp(a, "--save-every")) { if (ap_cli_num("pretrain", a, val, 0, 1e8, &v)) return 2; o.save_every = (int)v; }
+        else if (!strcmp(a, "--keep-checkpoints")) { if (ap_cli_num("pretrain", a, val, 0, 1e6, &v)) return 2; o.keep_checkpoints = (int)v; }
         else if (!strcmp(a, "--save-dtype")) {
             if (ap_cli_parse_dtype(val, &o.save_dtype)) { fprintf(stderr, "alignprop pretrain: --save-dtype %s: expected f32, f16 or bf16\n", val); return 2; }
         } else { fprintf(stderr, "alignprop pretrain: unknown option '%s'\n", a); return usage(); }

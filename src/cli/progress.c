@@ -1,6 +1,9 @@
 #include "progress.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,4 +56,27 @@ void ap_cli_stop_end(ap_cli_stop *s) {
 
 const char *ap_cli_signal_name(int sig) {
     return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGUSR1 ? "SIGUSR1" : "a signal";
+}
+
+int ap_cli_num(const char *cmd, const char *flag, const char *s, double lo, double hi, double *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (!*s || *end || !isfinite(v) || v < lo || v > hi) {
+        fprintf(stderr, "alignprop %s: %s %s: expected a number in [%g, %g]\n", cmd, flag, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int ap_cli_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "alignprop %s: %s %s: expected an integer in [%ld, %ld]\n", cmd, flag, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
 }

@@ -1,4 +1,5 @@
-/* A progress bar on a terminal (nothing when stderr is not a terminal). */
+/* The command-line tool's shared pieces: a progress bar on a terminal (nothing
+ * when stderr is not a terminal), flag numbers, and the clean stop of long jobs. */
 #ifndef AP_CLI_PROGRESS_H
 #define AP_CLI_PROGRESS_H
 
@@ -13,6 +14,12 @@ void ap_progress_begin(ap_progress *p, const char *label);
 void ap_progress_update(ap_progress *p, int done, int total, const char *extra);
 void ap_progress_end(ap_progress *p);
 double ap_now(void);
+
+/* Numbers given to flags: the whole of s must be a finite number (an integer
+ * for ap_cli_int) within [lo, hi]; otherwise prints "alignprop CMD: FLAG S:
+ * expected ..." and returns -1. */
+int ap_cli_num(const char *cmd, const char *flag, const char *s, double lo, double hi, double *out);
+int ap_cli_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out);
 
 /* The clean stop of a long job (train, pretrain, demo): between begin and end,
  * SIGINT, SIGTERM and SIGUSR1 (which Open MPI's mpirun forwards to every rank,

@@ -36,28 +36,6 @@ typedef struct {
 
 static void on_progress(void *u, int done, int total) { ap_progress_update(&((prog_state *)u)->bar, done, total, NULL); }
 
-static int parse_int(const char *flag, const char *s, long lo, long hi, long *out) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || v < lo || v > hi) {
-        fprintf(stderr, "alignprop sample: %s %s: expected an integer in [%ld, %ld]\n", flag, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *flag, const char *s, float *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (!*s || *end || !isfinite(v)) {
-        fprintf(stderr, "alignprop sample: %s %s: expected a number\n", flag, s);
-        return -1;
-    }
-    *out = (float)v;
-    return 0;
-}
-
 int ap_cli_sample(int argc, char **argv) {
     ap_txt2img_opts o;
     ap_txt2img_defaults(&o);
@@ -66,6 +44,7 @@ int ap_cli_sample(int argc, char **argv) {
     const char *loras[16];
     ap_dtype wdt = AP_BF16;
     long v;
+    double d;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--separate")) { separate = 1; continue; }
@@ -84,17 +63,17 @@ int ap_cli_sample(int argc, char **argv) {
             loras[n_lora++] = val;
         }
         else if (!strcmp(a, "--precision")) precision = val;
-        else if (!strcmp(a, "--steps")) { if (parse_int(a, val, 1, 1000, &v)) return 2; o.steps = (int)v; }
-        else if (!strcmp(a, "--width")) { if (parse_int(a, val, 8, 8192, &v)) return 2; o.width = (int)v; }
-        else if (!strcmp(a, "--height")) { if (parse_int(a, val, 8, 8192, &v)) return 2; o.height = (int)v; }
-        else if (!strcmp(a, "--batch")) { if (parse_int(a, val, 1, 256, &v)) return 2; o.batch = (int)v; }
+        else if (!strcmp(a, "--steps")) { if (ap_cli_int("sample", a, val, 1, 1000, &v)) return 2; o.steps = (int)v; }
+        else if (!strcmp(a, "--width")) { if (ap_cli_int("sample", a, val, 8, 8192, &v)) return 2; o.width = (int)v; }
+        else if (!strcmp(a, "--height")) { if (ap_cli_int("sample", a, val, 8, 8192, &v)) return 2; o.height = (int)v; }
+        else if (!strcmp(a, "--batch")) { if (ap_cli_int("sample", a, val, 1, 256, &v)) return 2; o.batch = (int)v; }
         else if (!strcmp(a, "--seed")) {
             char *end;
             o.seed = strtoull(val, &end, 10);
             if (!*val || *end || val[0] == '-') { fprintf(stderr, "alignprop sample: --seed %s: expected a non-negative integer\n", val); return 2; }
         }
-        else if (!strcmp(a, "--cfg")) { if (parse_float(a, val, &o.cfg)) return 2; }
-        else if (!strcmp(a, "--eta")) { if (parse_float(a, val, &o.eta) || o.eta < 0) { fprintf(stderr, "alignprop sample: --eta must be >= 0\n"); return 2; } }
+        else if (!strcmp(a, "--cfg")) { if (ap_cli_num("sample", a, val, 0, 100, &d)) return 2; o.cfg = (float)d; }
+        else if (!strcmp(a, "--eta")) { if (ap_cli_num("sample", a, val, 0, 10, &d)) return 2; o.eta = (float)d; }
         else if (!strcmp(a, "--sampler")) {
             int k = ap_sampler_parse(val);
             if (k < 0) { fprintf(stderr, "alignprop sample: --sampler %s: expected ddim, euler_a or dpmpp_2m\n", val); return 2; }

@@ -78,17 +78,6 @@ static void on_progress(void *u, int step, int total, double r) {
     ap_progress_update(u, step, total, extra);
 }
 
-static int num(const char *flag, const char *s, double lo, double hi, double *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (!*s || *end || !isfinite(v) || v < lo || v > hi) {
-        say("alignprop train: %s %s: expected a number in [%g, %g]\n", flag, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 static int train_main(int argc, char **argv) {
     ap_train_opts o;
     ap_train_defaults(&o);
@@ -115,36 +104,36 @@ static int train_main(int argc, char **argv) {
         else if (!strcmp(a, "--reward-resize")) o.reward_resize = val;
         else if (!strcmp(a, "--prompts")) o.prompts = val;
         else if (!strcmp(a, "--eval-prompts")) o.eval_prompts = val;
-        else if (!strcmp(a, "--eval-every")) { if (num(a, val, 0, 1e7, &v)) return 2; o.eval_every = (int)v; }
-        else if (!strcmp(a, "--eval-per-prompt")) { if (num(a, val, 1, 1024, &v)) return 2; o.eval_per_prompt = (int)v; }
+        else if (!strcmp(a, "--eval-every")) { if (ap_cli_num("train", a, val, 0, 1e7, &v)) return 2; o.eval_every = (int)v; }
+        else if (!strcmp(a, "--eval-per-prompt")) { if (ap_cli_num("train", a, val, 1, 1024, &v)) return 2; o.eval_per_prompt = (int)v; }
         else if (!strcmp(a, "--negative")) o.negative = val;
         else if (!strcmp(a, "-o") || !strcmp(a, "--out") || !strcmp(a, "--output")) o.out_dir = val;
         else if (!strcmp(a, "--truncation")) trunc = val;
         else if (!strcmp(a, "--precision")) precision = val;
-        else if (!strcmp(a, "--steps")) { if (num(a, val, 1, 1e7, &v)) return 2; o.steps = (int)v; }
-        else if (!strcmp(a, "--batch") || !strcmp(a, "--batch-size")) { if (num(a, val, 1, 256, &v)) return 2; o.batch = (int)v; }
-        else if (!strcmp(a, "--accum") || !strcmp(a, "--grad-accum")) { if (num(a, val, 1, 1024, &v)) return 2; o.accum = (int)v; }
-        else if (!strcmp(a, "--sample-steps")) { if (num(a, val, 1, 1000, &v)) return 2; o.sample_steps = (int)v; }
-        else if (!strcmp(a, "--width")) { if (num(a, val, 8, 8192, &v)) return 2; o.width = (int)v; }
-        else if (!strcmp(a, "--height")) { if (num(a, val, 8, 8192, &v)) return 2; o.height = (int)v; }
-        else if (!strcmp(a, "--rank") || !strcmp(a, "--lora-rank")) { if (num(a, val, 1, 1024, &v)) return 2; o.rank = (int)v; }
-        else if (!strcmp(a, "--alpha")) { if (num(a, val, 0, 1e6, &v)) return 2; o.alpha = (float)v; }
-        else if (!strcmp(a, "--cfg")) { if (num(a, val, 0, 100, &v)) return 2; o.cfg = (float)v; }
-        else if (!strcmp(a, "--eta")) { if (num(a, val, 0, 10, &v)) return 2; o.eta = (float)v; }
-        else if (!strcmp(a, "--lr")) { if (num(a, val, 0, 10, &v)) return 2; o.lr = v; }
-        else if (!strcmp(a, "--warmup-steps")) { if (num(a, val, 0, 1e7, &v)) return 2; o.lr_schedule.warmup = (int)v; }
+        else if (!strcmp(a, "--steps")) { if (ap_cli_num("train", a, val, 1, 1e7, &v)) return 2; o.steps = (int)v; }
+        else if (!strcmp(a, "--batch") || !strcmp(a, "--batch-size")) { if (ap_cli_num("train", a, val, 1, 256, &v)) return 2; o.batch = (int)v; }
+        else if (!strcmp(a, "--accum") || !strcmp(a, "--grad-accum")) { if (ap_cli_num("train", a, val, 1, 1024, &v)) return 2; o.accum = (int)v; }
+        else if (!strcmp(a, "--sample-steps")) { if (ap_cli_num("train", a, val, 1, 1000, &v)) return 2; o.sample_steps = (int)v; }
+        else if (!strcmp(a, "--width")) { if (ap_cli_num("train", a, val, 8, 8192, &v)) return 2; o.width = (int)v; }
+        else if (!strcmp(a, "--height")) { if (ap_cli_num("train", a, val, 8, 8192, &v)) return 2; o.height = (int)v; }
+        else if (!strcmp(a, "--rank") || !strcmp(a, "--lora-rank")) { if (ap_cli_num("train", a, val, 1, 1024, &v)) return 2; o.rank = (int)v; }
+        else if (!strcmp(a, "--alpha")) { if (ap_cli_num("train", a, val, 0, 1e6, &v)) return 2; o.alpha = (float)v; }
+        else if (!strcmp(a, "--cfg")) { if (ap_cli_num("train", a, val, 0, 100, &v)) return 2; o.cfg = (float)v; }
+        else if (!strcmp(a, "--eta")) { if (ap_cli_num("train", a, val, 0, 10, &v)) return 2; o.eta = (float)v; }
+        else if (!strcmp(a, "--lr")) { if (ap_cli_num("train", a, val, 0, 10, &v)) return 2; o.lr = v; }
+        else if (!strcmp(a, "--warmup-steps")) { if (ap_cli_num("train", a, val, 0, 1e7, &v)) return 2; o.lr_schedule.warmup = (int)v; }
         else if (!strcmp(a, "--init-lora")) o.init_lora = val;
         else if (!strcmp(a, "--lr-schedule")) {
             int k = ap_lr_kind_parse(val);
             if (k < 0) { fprintf(stderr, "alignprop train: --lr-schedule %s: expected constant, linear or cosine\n", val); return 2; }
             o.lr_schedule.kind = (ap_lr_kind)k;
         }
-        else if (!strcmp(a, "--weight-decay")) { if (num(a, val, 0, 10, &v)) return 2; o.weight_decay = v; }
-        else if (!strcmp(a, "--clip")) { if (num(a, val, 0, 1e9, &v)) return 2; o.clip = v; }
-        else if (!strcmp(a, "--loss-coeff")) { if (num(a, val, -1e6, 1e6, &v)) return 2; o.loss_coeff = v; }
-        else if (!strcmp(a, "--save-every")) { if (num(a, val, 0, 1e7, &v)) return 2; o.save_every = (int)v; }
-        else if (!strcmp(a, "--keep-checkpoints")) { if (num(a, val, 0, 1e6, &v)) return 2; o.keep_checkpoints = (int)v; }
-        else if (!strcmp(a, "--seed")) { if (num(a, val, 0, 1e18, &v)) return 2; o.seed = (uint64_t)v; }
+        else if (!strcmp(a, "--weight-decay")) { if (ap_cli_num("train", a, val, 0, 10, &v)) return 2; o.weight_decay = v; }
+        else if (!strcmp(a, "--clip")) { if (ap_cli_num("train", a, val, 0, 1e9, &v)) return 2; o.clip = v; }
+        else if (!strcmp(a, "--loss-coeff")) { if (ap_cli_num("train", a, val, -1e6, 1e6, &v)) return 2; o.loss_coeff = v; }
+        else if (!strcmp(a, "--save-every")) { if (ap_cli_num("train", a, val, 0, 1e7, &v)) return 2; o.save_every = (int)v; }
+        else if (!strcmp(a, "--keep-checkpoints")) { if (ap_cli_num("train", a, val, 0, 1e6, &v)) return 2; o.keep_checkpoints = (int)v; }
+        else if (!strcmp(a, "--seed")) { if (ap_cli_num("train", a, val, 0, 1e18, &v)) return 2; o.seed = (uint64_t)v; }
         else if (!strcmp(a, "--weights-dtype")) {
             if (ap_cli_parse_dtype(val, &o.weights_dtype)) { say("alignprop train: --weights-dtype %s: expected bf16, f32 or f16\n", val); return 2; }
         } else if (!strcmp(a, "--lora-format")) {

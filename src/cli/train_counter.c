@@ -38,18 +38,6 @@ static void on_step(void *user, int step, int steps, double loss) {
         printf("step %d/%d loss %.4f (%.1fs)\n", step, steps, p->avg, ap_now() - p->bar.start);
 }
 
-static int parse_int(const char *flag, const char *s, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (!*s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "alignprop train-counter: %s %s: expected an integer in %ld..%ld\n", flag, s, lo, hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 int ap_cli_train_counter(int argc, char **argv) {
     ap_counter_train_opts o;
     ap_counter_train_defaults(&o);
@@ -60,13 +48,13 @@ int ap_cli_train_counter(int argc, char **argv) {
         const char *a = argv[i];
         int has = i + 1 < argc;
         if (!strcmp(a, "--steps") && has) {
-            if (parse_int(a, argv[++i], 1, 10000000, &v)) return 2;
+            if (ap_cli_int("train-counter", a, argv[++i], 1, 10000000, &v)) return 2;
             o.steps = (int)v;
         } else if (!strcmp(a, "--batch") && has) {
-            if (parse_int(a, argv[++i], 1, 256, &v)) return 2;
+            if (ap_cli_int("train-counter", a, argv[++i], 1, 256, &v)) return 2;
             o.batch = (int)v;
         } else if (!strcmp(a, "--eval") && has) {
-            if (parse_int(a, argv[++i], 0, 1000000, &v)) return 2;
+            if (ap_cli_int("train-counter", a, argv[++i], 0, 1000000, &v)) return 2;
             eval_n = v;
         } else if (!strcmp(a, "--seed") && has) {
             char *end;
