@@ -4,6 +4,7 @@
 #include "test.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* A test-local op built on the node API: y = sin(x), which saves its input. */
@@ -339,8 +340,30 @@ static void test_seed_not_modified(ap_ctx *c) {
     for (int i = 0; i < 5; i++) ap_tensor_release(ts[i]);
 }
 
+/* Under AP_DEBUG_POISON new blocks hold NaNs, so a backward that reads a fresh
+ * accumulator gives NaN: the scalar seed of ap_backward(c, y, NULL) once did
+ * (0 * acc + 1). Every test of this file runs poisoned (set before the first
+ * allocation), in the plain build too. */
+static void test_poison(ap_ctx *c) {
+    ap_tensor *t = ap_tensor_new(c, AP_F32, 1, (int64_t[]){5});
+    CHECK(t && isnan(ap_f32(t)[0]) && isnan(ap_f32(t)[4]));
+    ap_tensor_release(t);
+    test_rng r = {11};
+    ap_tensor *x = test_rand_leaf(c, &r, 1, (int64_t[]){7}, -1, 1);
+    ap_tensor *y = ap_mean(c, x); /* a scalar: the seed is the NULL-gradient path */
+    CHECK(ap_backward(c, y, NULL) == AP_OK);
+    ap_tensor *g = ap_tensor_grad(x);
+    for (int i = 0; g && i < 7; i++) CHECK_MSG(fabsf(ap_f32(g)[i] - 1.0f / 7) < 1e-7f, "d mean/dx = 1/7, got %g", ap_f32(g)[i]);
+    CHECK(g != NULL);
+    ap_tensor_release(y);
+    ap_tape_clear(c);
+    ap_tensor_release(x);
+}
+
 int main(void) {
+    setenv("AP_DEBUG_POISON", "1", 1);
     ap_ctx *c = test_ctx();
+    test_poison(c);
     test_basic(c);
     test_alias(c);
     test_seed_not_modified(c);
