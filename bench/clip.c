@@ -13,6 +13,7 @@
  *
  * usage: clip [--runs N] [--tower vit_l14|vit_h14|tiny] [--json FILE] */
 #include "bench.h"
+#include "clip_flops.h"
 #include "peaks.h"
 
 #include "alignprop.h"
@@ -93,11 +94,8 @@ int main(int argc, char **argv) {
             if (r >= 0) tf[r] = b - a, tb[r] = e - b, tt[r] = e - a;
         }
         double mf = bench_median(tf, runs), mb = bench_median(tb, runs), mt = bench_median(tt, runs);
-        double G = cfg.image_size / cfg.patch, T = 1 + G * G;
-        /* 4*B*H*T*S*d per layer, B = 2; the last layer's queries are the class tokens alone */
-        double attn = (cfg.layers - 1) * 4.0 * 2 * T * T * cfg.width + 4.0 * 2 * T * cfg.width;
-        double flb = flf + 1.5 * attn;
-        fl = flf + flb;
+        fl = clip_fwd_bwd_flops(flf, &cfg, 2);
+        double flb = fl - flf;
         printf("%s (%lld parameters): forward %.3f s (%.3f TFLOP/s), pixel backward %.3f s (%.3f TFLOP/s), "
                "total %.3f s: %.3f TFLOP/s effective (%.0f%% of peak), %.4g GFLOP counted (forward %.4g, model formula %.4g), peak activations %.0f MiB\n",
                towers[k], (long long)ap_params_count(&m->params), mf, flf / mf / 1e12, mb, flb / mb / 1e12, mt,

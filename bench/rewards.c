@@ -20,6 +20,7 @@
  *
  * usage: rewards [--runs N] [--reward aesthetic|hps] [--json FILE] */
 #include "bench.h"
+#include "clip_flops.h"
 #include "peaks.h"
 
 #include "alignprop.h"
@@ -45,14 +46,6 @@ static ap_tensor *rnd_images(ap_ctx *c, int n, int s, unsigned seed) {
         p[i] = (seed >> 8) * (2.0f / 16777216.0f) - 1.0f;
     }
     return t;
-}
-
-/* Attention's forward flops of the vision tower for batch B: QK^T and PV,
- * 2 * 2 * T^2 * W per layer and image (all heads together); the last layer
- * attends from the class token only (T queries -> 1). */
-static double attention_flops(const ap_clip_vision_config *cfg, int B) {
-    double T = 1.0 + (double)(cfg->image_size / cfg->patch) * (cfg->image_size / cfg->patch);
-    return 4.0 * T * cfg->width * ((cfg->layers - 1) * T + 1) * B;
 }
 
 static ap_reward *make(ap_ctx *c, const char *name, double *text_s, double *text_gflop) {
@@ -145,7 +138,7 @@ int main(int argc, char **argv) {
             flf = ap_flops(c);
             if (ap_backward(c, y, gy) != AP_OK) die(c, "backward");
             double e = bench_now();
-            fl = 2 * flf + 1.5 * attention_flops(k ? &ap_clip_vision_config_h14 : &ap_clip_vision_config_l14, 2);
+            fl = clip_fwd_bwd_flops(flf, k ? &ap_clip_vision_config_h14 : &ap_clip_vision_config_l14, 2);
             mem = ap_mem_peak(c) - base;
             ap_tensor_release(y);
             ap_tape_clear(c);
