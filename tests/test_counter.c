@@ -59,7 +59,7 @@ static void test_expected_count(void) {
     if (ls && lu) test_close_f("resized input", ap_tensor_cdata(ls), ap_tensor_cdata(lu), 5, 0, 0);
     /* the reward is the expected count */
     ap_reward *rw = NULL;
-    CHECK(ap_reward_count_from(c, m, &rw) == AP_OK);
+    CHECK(ap_reward_count_from(c, m, 1.0f, &rw) == AP_OK);
     ap_tensor *rv = rw ? rw->forward(c, rw, x, NULL) : NULL;
     CHECK(rv && e && !memcmp(ap_tensor_cdata(rv), ap_tensor_cdata(e), 3 * sizeof(float)));
     /* errors */
@@ -90,7 +90,7 @@ static void test_reward_gradient(void) {
     for (int64_t i = 0; i < ap_tensor_numel(m->fc2.w); i++) w2[i] *= 20;
     ap_tensor_touch(m->fc2.w);
     ap_reward *rw = NULL;
-    CHECK(ap_reward_count_from(c, m, &rw) == AP_OK);
+    CHECK(ap_reward_count_from(c, m, 1.0f, &rw) == AP_OK);
     ap_tensor *x = NULL;
     ap_shapes_item items[2];
     /* a shapes image (where the reward is used) and a random one */
@@ -108,6 +108,97 @@ static void test_reward_gradient(void) {
     gradcheck(c, "count reward d/dimage 10x10", reward_fn, rw, 1, &s, &(gc_opts){.eps = 1e-2, .atol = 1e-2, .max_elems = -1});
     ap_tensor_release(x);
     ap_tensor_release(s);
+    ap_reward_free(rw);
+    ap_ctx_free(c);
+}
+
+/* the expected count of softmax(logits / T): what the tempered reward's gradient is the gradient of */
+typedef struct {
+    ap_counter *m;
+    float T;
+} tempered;
+
+static ap_tensor *tempered_fn(ap_ctx *c, void *user, int n, ap_tensor **in) {
+    (void)n;
+    tempered *t = user;
+    ap_tensor *l = ap_counter_logits(c, t->m, in[0]);
+    ap_tensor *s = l ? ap_scale(c, l, 1.0f / t->T) : NULL;
+    ap_tensor *e = s ? ap_counter_expected(c, t->m, s, NULL) : NULL;
+    ap_tensor_release(l);
+    ap_tensor_release(s);
+    return e;
+}
+
+/* With temperature T the reward's value is the plain expected count, bit for
+ * bit, and its gradient is the gradient of the tempered count (itself checked
+ * by finite differences); on a confident counter the plain gradient vanishes
+ * where the tempered one does not. */
+static void test_reward_temperature(void) {
+    ap_ctx *c = test_ctx();
+    ap_counter *m = random_counter(c, 13);
+    float *w2 = ap_tensor_data(m->fc2.w);
+    for (int64_t i = 0; i < ap_tensor_numel(m->fc2.w); i++) w2[i] *= 2000; /* a confident (saturated) counter */
+    ap_tensor_touch(m->fc2.w);
+    const float T = 100.0f;
+    ap_reward *rw = NULL;
+    CHECK(ap_reward_count_from(c, m, T, &rw) == AP_OK);
+    ap_tensor *x = NULL;
+    ap_shapes_item items[2];
+    CHECK(ap_shapes_batch(c, 4, 1, 2, &x, items) == AP_OK);
+    CHECK(x && ap_tensor_set_requires_grad(x, 1) == AP_OK);
+    tempered tp = {m, T};
+    if (x && rw) {
+        ap_tensor *plain = ap_counter_logits(c, m, x);
+        ap_tensor *e = plain ? ap_counter_expected(c, m, plain, NULL) : NULL;
+        ap_tensor_release(plain);
+        ap_tape_clear(c);
+        /* value */
+        ap_tensor *v = rw->forward(c, rw, x, NULL);
+        CHECK(v && e && !memcmp(ap_tensor_cdata(v), ap_tensor_cdata(e), 2 * sizeof(float)));
+        /* gradient of the value's sum against the tempered count's */
+        ap_tensor *sv = v ? ap_sum(c, v) : NULL;
+        if (sv) ap_backward(c, sv, NULL);
+        int64_t n = ap_tensor_numel(x);
+        float *g1 = malloc(sizeof(float) * (size_t)n), *g2 = malloc(sizeof(float) * (size_t)n);
+        CHECK(ap_tensor_grad(x) != NULL);
+        if (ap_tensor_grad(x)) memcpy(g1, ap_tensor_cdata(ap_tensor_grad(x)), sizeof(float) * (size_t)n);
+        ap_tensor_zero_grad(x);
+        ap_tape_clear(c);
+        ap_tensor *et = tempered_fn(c, &tp, 1, &x), *st = et ? ap_sum(c, et) : NULL;
+        if (st) ap_backward(c, st, NULL);
+        CHECK(ap_tensor_grad(x) != NULL);
+        if (ap_tensor_grad(x)) memcpy(g2, ap_tensor_cdata(ap_tensor_grad(x)), sizeof(float) * (size_t)n);
+        double big = 0;
+        for (int64_t i = 0; i < n; i++) big = fmax(big, fabs(g2[i]));
+        CHECK(big > 0);
+        test_close_f("tempered count gradient", g1, g2, n, 1e-5, 1e-5 * big);
+        /* the plain expected count's gradient of this confident counter is (nearly) nothing */
+        ap_tensor_zero_grad(x);
+        ap_tape_clear(c);
+        ap_tensor *l = ap_counter_logits(c, m, x), *pe = l ? ap_counter_expected(c, m, l, NULL) : NULL,
+                  *sp = pe ? ap_sum(c, pe) : NULL;
+        if (sp) ap_backward(c, sp, NULL);
+        double pbig = 0;
+        if (ap_tensor_grad(x)) {
+            const float *g = ap_tensor_cdata(ap_tensor_grad(x));
+            for (int64_t i = 0; i < n; i++) pbig = fmax(pbig, fabs(g[i]));
+        }
+        CHECK(pbig < 1e-2 * big);
+        ap_tensor *rel[] = {e, v, sv, et, st, l, pe, sp};
+        for (size_t i = 0; i < sizeof rel / sizeof *rel; i++) ap_tensor_release(rel[i]);
+        free(g1);
+        free(g2);
+        ap_tensor_zero_grad(x);
+        ap_tape_clear(c);
+        gradcheck(c, "tempered count d/dimage", tempered_fn, &tp, 1, &x,
+                  &(gc_opts){.eps = 2e-2, .rtol = 3e-2, .atol = 3e-2, .max_elems = 48});
+    }
+    /* a bad temperature names itself */
+    ap_reward *bad = NULL;
+    CHECK(ap_reward_count_from(c, m, -1.0f, &bad) != AP_OK && bad == NULL &&
+          strstr(ap_last_error(c), "temperature") != NULL);
+    ap_clear_error(c);
+    ap_tensor_release(x);
     ap_reward_free(rw);
     ap_ctx_free(c);
 }
@@ -273,6 +364,7 @@ static void test_shipped_accuracy(void) {
 int main(void) {
     test_expected_count();
     test_reward_gradient();
+    test_reward_temperature();
     test_save_load();
     test_training();
     test_shipped_accuracy();

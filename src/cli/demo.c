@@ -193,7 +193,7 @@ static void on_train_progress(void *u, int step, int total, double r) {
 static int usage(void) {
     fprintf(stderr,
             "usage: alignprop demo [-o DIR] [--model PATH] [--steps N] [--target N] [--eval-per-prompt K]\n"
-            "                      [--sample-steps S]\n"
+            "                      [--sample-steps S] [--truncation SPEC] [--lr X] [--batch N] [--cfg X]\n"
             "  AlignProp on the shipped shapes model: LoRA adapters trained with the count reward toward\n"
             "  --target shapes (3) for --steps steps (default in docs/demo.md), on count-free captions;\n"
             "  the fraction of held-out images with the target count, before and after. Output in DIR\n"
@@ -204,7 +204,9 @@ static int usage(void) {
 
 int ap_cli_demo(int argc, char **argv) {
     const char *out = "runs/demo", *model = NULL;
-    long steps = 60, target = 3, per_prompt = 4, sample_steps = 20;
+    const char *trunc = "fixed:1";
+    long steps = 60, target = 3, per_prompt = 4, sample_steps = 20, batch = 4;
+    double lr = 2e-3, cfg = 5.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage();
@@ -219,6 +221,10 @@ int ap_cli_demo(int argc, char **argv) {
         else if (!strcmp(a, "--target")) { if (ap_cli_int("demo", a, v, 1, 5, &target)) return 2; }
         else if (!strcmp(a, "--sample-steps")) { if (ap_cli_int("demo", a, v, 1, 1000, &sample_steps)) return 2; }
         else if (!strcmp(a, "--eval-per-prompt")) { if (ap_cli_int("demo", a, v, 1, 64, &per_prompt)) return 2; }
+        else if (!strcmp(a, "--batch")) { if (ap_cli_int("demo", a, v, 1, 256, &batch)) return 2; }
+        else if (!strcmp(a, "--lr")) { if (ap_cli_num("demo", a, v, 0, 1, &lr)) return 2; }
+        else if (!strcmp(a, "--cfg")) { if (ap_cli_num("demo", a, v, 0, 100, &cfg)) return 2; }
+        else if (!strcmp(a, "--truncation")) trunc = v;
         else {
             fprintf(stderr, "alignprop demo: unknown option %s\n", a);
             return usage();
@@ -270,18 +276,23 @@ int ap_cli_demo(int argc, char **argv) {
     t.eval_per_prompt = (int)per_prompt;
     t.eval_every = 0; /* before and at the end */
     t.steps = (int)steps;
-    t.batch = 4;
+    t.batch = (int)batch;
     t.sample_steps = (int)sample_steps;
-    t.cfg = 5.0f;
+    t.cfg = (float)cfg;
     t.width = t.height = 64;
-    t.lr = 2e-3;
+    t.lr = lr;
+    if (ap_trunc_parse(c, trunc, &t.trunc) != AP_OK) {
+        fprintf(stderr, "alignprop demo: --truncation: %s\n", ap_last_error(c));
+        ap_ctx_free(c);
+        return 2;
+    }
     t.loss_coeff = 1.0;
     t.weights_dtype = AP_F32;
     t.save_every = 0;
     t.seed = 0;
     printf("training: reward count, loss |count - %ld|, %ld steps of %d images (DDIM %d steps, CFG %.1f, "
-           "truncation fixed:1), prompts builtin:shapes\n",
-           target, steps, t.batch, t.sample_steps, t.cfg);
+           "truncation %s, lr %g), prompts builtin:shapes\n",
+           target, steps, t.batch, t.sample_steps, t.cfg, trunc, t.lr);
 
     ap_sd_model *m = NULL;
     ap_counter *counter = NULL;

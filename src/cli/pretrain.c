@@ -24,6 +24,7 @@ static int usage(void) {
             "  --warmup N             linear warm-up steps per stage (100)\n"
             "  --weight-decay X --clip X      AdamW decay (0.01), global gradient-norm clip (1.0)\n"
             "  --kl-weight X          VAE KL weight against the summed L1 reconstruction (1e-6)\n"
+            "  --l2-weight X          VAE: add X * mean squared error to the mean L1 error (0)\n"
             "  --caption-dropout P    empty-prompt rate of the UNet stage (0.1)\n"
             "  --scale-batches N      batches the latent scale factor is measured on (8)\n"
             "  --image-size N         (64)\n"
@@ -85,6 +86,7 @@ int ap_cli_pretrain(int argc, char **argv) {
         else if (!strcmp(a, "--weight-decay")) { if (ap_cli_num("pretrain", a, val, 0, 10, &v)) return 2; o.weight_decay = v; }
         else if (!strcmp(a, "--clip")) { if (ap_cli_num("pretrain", a, val, 0, 1e9, &v)) return 2; o.clip = v; }
         else if (!strcmp(a, "--kl-weight")) { if (ap_cli_num("pretrain", a, val, 0, 1e6, &v)) return 2; o.kl_weight = v; }
+        else if (!strcmp(a, "--l2-weight")) { if (ap_cli_num("pretrain", a, val, 0, 1e6, &v)) return 2; o.l2_weight = v; }
         else if (!strcmp(a, "--caption-dropout")) { if (ap_cli_num("pretrain", a, val, 0, 1, &v)) return 2; o.caption_dropout = (float)v; }
         else if (!strcmp(a, "--scale-batches")) { if (ap_cli_num("pretrain", a, val, 1, 1e6, &v)) return 2; o.scale_batches = (int)v; }
         else if (!strcmp(a, "--image-size")) { if (ap_cli_num("pretrain", a, val, 8, 4096, &v)) return 2; o.image_size = (int)v; }

@@ -34,6 +34,7 @@ static int usage(void) {
             "  --models-dir DIR       reward models' weights (AP_MODELS_DIR, else ~/.local/share/alignprop/models)\n"
             "  --reward-resize M      CLIP rewards' resize to 224: bilinear (default) | bilinear-noaa | bicubic |\n"
             "                         bicubic-noaa\n"
+            "  --count-temperature T  the count reward's gradient temperature (4; 1: the plain expected count's)\n"
             "  --prompts SRC          prompt file (one per line) or builtin:simple_animals (default),\n"
             "                         builtin:hps_v2_all, builtin:eval_simple_animals, builtin:hps_v2_all_eval,\n"
             "                         builtin:shapes, builtin:shapes_eval (count-free captions of the shapes data)\n"
@@ -102,6 +103,11 @@ static int train_main(int argc, char **argv) {
         else if (!strcmp(a, "--loss")) o.loss = val;
         else if (!strcmp(a, "--models-dir")) o.models_dir = val;
         else if (!strcmp(a, "--reward-resize")) o.reward_resize = val;
+        else if (!strcmp(a, "--count-temperature")) {
+            double v;
+            if (ap_cli_num("train", a, val, 1e-3, 1e6, &v)) return 2;
+            o.count_temperature = (float)v;
+        }
         else if (!strcmp(a, "--prompts")) o.prompts = val;
         else if (!strcmp(a, "--eval-prompts")) o.eval_prompts = val;
         else if (!strcmp(a, "--eval-every")) { if (ap_cli_num("train", a, val, 0, 1e7, &v)) return 2; o.eval_every = (int)v; }

@@ -61,7 +61,8 @@ const void *ap_counter_embedded(size_t *len);
 ap_status ap_counter_load_default(ap_ctx *c, const char *models_dir, ap_counter **out);
 
 /* The count reward over the counter m, which it then owns (tests, a counter
- * just trained). On error m is not taken. */
-ap_status ap_reward_count_from(ap_ctx *c, ap_counter *m, ap_reward **out);
+ * just trained), with gradient temperature T (0: the default; 1: the plain
+ * expected count's gradient; see count.c). On error m is not taken. */
+ap_status ap_reward_count_from(ap_ctx *c, ap_counter *m, float temperature, ap_reward **out);
 
 #endif

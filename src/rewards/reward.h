@@ -31,6 +31,8 @@ struct ap_reward {
     const char *default_loss;
 };
 #define AP_REWARD_METRICS_MAX 8
+/* The count reward's default gradient temperature (ap_reward_opts.count_temperature). */
+#define AP_COUNT_GRAD_TEMPERATURE 4.0f
 
 /* Options a reward's constructor may use. Zero-initialise; NULL means defaults. */
 typedef struct {
@@ -43,6 +45,9 @@ typedef struct {
     const char *resize;
     /* Storage of the reward models' frozen weights: AP_F32 (0) or AP_BF16 / AP_F16. */
     ap_dtype weights_dtype;
+    /* The count reward's gradient temperature (0: AP_COUNT_GRAD_TEMPERATURE;
+     * 1: the plain expected count's gradient). See count.c. */
+    float count_temperature;
 } ap_reward_opts;
 
 /* The models directory opts (or the environment, or the default) names, in

@@ -276,15 +276,24 @@ static ap_status vae_step(run *r, int64_t stage_step, double *loss, double *rec,
     if (out) d = ap_sub(c, out, img);
     if (d) ad = ap_abs(c, d);
     if (ad) l1 = ap_mean(c, ad);
+    /* optional squared error: its gradient grows with the error, so the few
+     * pixels of a shape whose colour is wrong outweigh the many background
+     * pixels that are nearly right (L1 weighs every pixel's sign alike) */
+    ap_tensor *sq = NULL, *l2 = NULL, *rl = l1 ? ap_tensor_retain(l1) : NULL;
+    if (d && r->o->l2_weight > 0) {
+        sq = ap_square(c, d);
+        if (sq) l2 = ap_mean(c, sq);
+        rl = ap_swap(rl, l2 && rl ? ap_axpby(c, 1.0f, rl, (float)r->o->l2_weight, l2) : NULL);
+    }
     /* SD's VAE: sum|x - x'| / N + w * KL / N; divided by the pixels per image to be a per-pixel mean */
     double pix = (double)r->o->image_size * r->o->image_size * 3;
     if (kl) klw = ap_scale(c, kl, (float)(r->o->kl_weight / pix));
-    if (l1 && klw) l = ap_add(c, l1, klw);
+    if (rl && klw) l = ap_add(c, rl, klw);
     if (l) ap_backward(c, l, NULL);
     *loss = scalar(l);
     *rec = scalar(l1);
     *kl_out = scalar(kl);
-    ap_tensor *ts[] = {img, mo, e, z, kl, zs, out, d, ad, l1, klw, l};
+    ap_tensor *ts[] = {img, mo, e, z, kl, zs, out, d, ad, l1, klw, l, sq, l2, rl};
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) ap_tensor_release(ts[i]);
     ap_tape_clear(c);
     return c->status;
@@ -392,6 +401,7 @@ static ap_json *config_json(ap_ctx *c, const ap_pretrain_opts *o, const ap_sd_mo
     ap_json_add_num(j, "weight_decay", o->weight_decay);
     ap_json_add_num(j, "clip", o->clip);
     ap_json_add_num(j, "kl_weight", o->kl_weight);
+    ap_json_add_num(j, "l2_weight", o->l2_weight);
     ap_json_add_num(j, "caption_dropout", o->caption_dropout);
     ap_json_add_int(j, "scale_batches", o->scale_batches);
     ap_json_add_int(j, "seed", (int64_t)o->seed);
@@ -593,8 +603,8 @@ ap_status ap_pretrain(ap_ctx *c, const ap_pretrain_opts *o) {
     if (o->batch < 1 || o->image_size < 8 || ((o->stage & AP_STAGE_VAE) && o->vae_steps < 1) ||
         ((o->stage & AP_STAGE_UNET) && o->unet_steps < 1) || o->scale_batches < 1)
         return ap_seterr(c, AP_ERR_INVALID_ARG, "pretrain: steps, batch and scale batches must be >= 1, image size >= 8");
-    if (!(o->caption_dropout >= 0 && o->caption_dropout <= 1) || !(o->kl_weight >= 0))
-        return ap_seterr(c, AP_ERR_INVALID_ARG, "pretrain: caption dropout must be in [0,1] and the KL weight >= 0");
+    if (!(o->caption_dropout >= 0 && o->caption_dropout <= 1) || !(o->kl_weight >= 0) || !(o->l2_weight >= 0))
+        return ap_seterr(c, AP_ERR_INVALID_ARG, "pretrain: caption dropout must be in [0,1] and the KL and L2 weights >= 0");
     run r = {.c = c, .o = o, .data = o->data_fn, .data_user = o->data_user, .data_seed = o->seed};
     if (!r.data) {
         if (!o->data || (strcmp(o->data, "toy") != 0 && strcmp(o->data, "shapes") != 0))

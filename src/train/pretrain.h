@@ -37,6 +37,7 @@ typedef struct {
     int warmup;                /* linear learning-rate warm-up steps per stage (100) */
     double weight_decay, clip; /* 1e-4... 0.01 and 1.0 */
     double kl_weight;          /* per-image KL sum weight against per-image L1 sum (1e-6, as SD's VAE) */
+    double l2_weight;          /* weight of the mean squared error added to the VAE's mean L1 (0) */
     float caption_dropout;     /* 0.1 */
     int scale_batches;         /* batches the latent std is measured on (8) */
     uint64_t seed;             /* model init, data stream and noise */

@@ -66,6 +66,8 @@ static ap_json *config_json(ap_ctx *c, const ap_train_opts *o) {
     ap_json_add_str(j, "reward", o->reward);
     ap_json_add_str(j, "loss", o->loss);
     ap_json_add_str(j, "reward_resize", o->reward_resize ? o->reward_resize : "bilinear");
+    if (strstr(o->reward, "count"))
+        ap_json_add_num(j, "count_temperature", o->count_temperature ? o->count_temperature : AP_COUNT_GRAD_TEMPERATURE);
     ap_json_add_int(j, "steps", o->steps);
     ap_json_add_int(j, "batch", o->batch);
     ap_json_add_int(j, "accum", o->accum);
@@ -457,7 +459,7 @@ ap_status ap_train(ap_ctx *c, const ap_train_opts *o) {
     if (st == AP_OK) st = ap_sd_load(c, o->model, o->weights_dtype, &m);
     if (st == AP_OK) st = ap_prompts_load(c, o->prompts, &prompts);
     ap_reward_opts ropts = {.models_dir = o->models_dir, .resize = o->reward_resize,
-                            .weights_dtype = o->weights_dtype};
+                            .weights_dtype = o->weights_dtype, .count_temperature = o->count_temperature};
     if (st == AP_OK) st = ap_reward_mix_parse(c, o->reward, &ropts, &mix);
     /* from here on o has the loss resolved (the reward's default when none was
      * given), so config.json and the checkpoints record the loss used */

@@ -19,6 +19,7 @@ typedef struct {
     const char *loss;        /* maximize | minimize | target:T; NULL: the reward's default (ap_reward_mix_default_loss) */
     const char *models_dir;  /* reward models' weights (NULL: AP_MODELS_DIR or the default, see ap_reward_models_dir) */
     const char *reward_resize; /* CLIP rewards' resize: bilinear (NULL) | bilinear-noaa | bicubic | bicubic-noaa */
+    float count_temperature; /* the count reward's gradient temperature (0: its default, AP_COUNT_GRAD_TEMPERATURE) */
     const char *out_dir;     /* run directory */
     int steps;               /* optimizer steps */
     int batch;               /* images per chain */
