@@ -6,7 +6,9 @@
  * share of named colours present and the share of images whose count matches
  * the caption, for the samples and, as the classifier's own check, for the
  * dataset's images of the same items, and for the VAE's reconstructions of
- * them (with their L1 error).
+ * them (with their L1 error). The count reward's counting model reads the
+ * samples too: how often its most likely count matches the caption's and the
+ * pixel count's (how far the demo's reward can be trusted on this model).
  *
  * usage: pretrain MODEL [-n N] [--steps S] [--cfg G] [--seed S] [--grid OUT.png]
  *        [--recon-grid OUT.png]   (data | reconstruction pairs) */
@@ -15,6 +17,7 @@
 #include "io/image.h"
 #include "models/sd.h"
 #include "pipeline/txt2img.h"
+#include "rewards/counter.h"
 #include "train/shapes.h"
 
 #include <math.h>
@@ -128,6 +131,12 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", ap_last_error(c));
         return 1;
     }
+    ap_counter *counter = NULL;
+    if (ap_counter_load_default(c, NULL, &counter) != AP_OK) {
+        fprintf(stderr, "%s\n", ap_last_error(c));
+        return 1;
+    }
+    int ctr_caption = 0, ctr_pixels = 0;
     score gen = {0}, data = {0}, recon = {0};
     double l1 = 0, t0 = bench_now();
     ap_tensor *all = NULL, *rall = NULL;
@@ -180,7 +189,14 @@ int main(int argc, char **argv) {
         if (ap_txt2img(c, m, &o, &img) != AP_OK) break;
         analyse(ap_cf32(img), &a);
         add_score(&gen, &it, &a);
-        printf("%3d  count %d/%d  %s\n", i, a.count, it.count, cap);
+        ap_tensor *lg = ap_counter_logits(c, counter, img);
+        int best = 0;
+        for (int k = 1; lg && k < AP_COUNTER_CLASSES; k++)
+            if (ap_cf32(lg)[k] > ap_cf32(lg)[best]) best = k;
+        ap_tensor_release(lg);
+        ctr_caption += best + 1 == it.count;
+        ctr_pixels += best + 1 == a.count;
+        printf("%3d  count %d/%d (counter %d)  %s\n", i, a.count, it.count, best + 1, cap);
         if (grid && i < 32) {
             ap_tensor *cat = all ? ap_concat_batch(c, all, img) : ap_tensor_retain(img);
             ap_tensor_release(all);
@@ -202,12 +218,16 @@ int main(int argc, char **argv) {
     printf("%-28s %9.1f%% %9.1f%% %9.1f%%\n", "count matches caption", 100.0 * gen.count_ok / gen.images,
            100.0 * data.count_ok / data.images, 100.0 * recon.count_ok / recon.images);
     printf("VAE reconstruction L1 (mean |x - x'|, [-1,1] scale): %.4f\n", l1 / ((double)n * S * S * 3));
+    printf("counting model on the samples: matches the caption %.1f%%, the pixel count %.1f%%\n",
+           100.0 * ctr_caption / n, 100.0 * ctr_pixels / n);
     printf("{\"model\": \"%s\", \"images\": %d, \"steps\": %d, \"cfg\": %g, \"colours_present\": %.4f, "
            "\"count_match\": %.4f, \"data_colours_present\": %.4f, \"data_count_match\": %.4f, \"recon_colours_present\": %.4f, \"recon_count_match\": %.4f, \"vae_l1\": %.5f, "
-           "\"seconds\": %.1f}\n",
+           "\"counter_caption\": %.4f, \"counter_pixels\": %.4f, \"seconds\": %.1f}\n",
            model, n, steps, cfg, (double)gen.named_present / gen.named, (double)gen.count_ok / gen.images,
            (double)data.named_present / data.named, (double)data.count_ok / data.images,
-           (double)recon.named_present / recon.named, (double)recon.count_ok / recon.images, l1 / ((double)n * S * S * 3), bench_now() - t0);
+           (double)recon.named_present / recon.named, (double)recon.count_ok / recon.images, l1 / ((double)n * S * S * 3), (double)ctr_caption / n,
+           (double)ctr_pixels / n, bench_now() - t0);
+    ap_counter_free(counter);
     ap_sd_free(m);
     ap_ctx_free(c);
     return 0;
