@@ -213,6 +213,13 @@ check "demo with a missing model exits 1" 1 $rc
 contains "demo names the missing model" "$tmp/nothing" "$out"
 out=$($bin demo --steps 0 2>&1); rc=$?
 check "demo --steps 0 exits 2" 2 $rc
+out=$($bin demo --model "$tmp/m" --truncation bogus:1 --steps 1 -o "$tmp/demo3" 2>&1); rc=$?
+check "demo --truncation bogus exits 2" 2 $rc
+contains "demo names the bad truncation" "--truncation" "$out"
+contains "demo run records the count reward's gradient temperature" '"count_temperature":	4' "$(cat "$tmp/demo2/run/config.json" 2>/dev/null)"
+out=$($bin train --model "$tmp/m" --reward count --count-temperature 0 -o "$tmp/ct" 2>&1); rc=$?
+check "train --count-temperature 0 exits 2" 2 $rc
+contains "train names the bad temperature flag" "--count-temperature" "$out"
 
 # train: checkpoints, --resume, SIGTERM
 tr="--model $tmp/m --reward brightness --batch 1 --sample-steps 2 --width 16 --height 16 --weights-dtype f32 --seed 1"

@@ -18,7 +18,7 @@
 
 /* measured on the shipped counter (docs/rewards.md), less a margin */
 #define AP_TEST_COUNTER_MIN_ACC 0.97
-#define AP_TEST_COUNTER_MIN_ACC_AUG 0.95
+#define AP_TEST_COUNTER_MIN_ACC_AUG 0.98 /* specks included: the weights trained without them score about 0.95 */
 
 static ap_counter *random_counter(ap_ctx *c, uint64_t seed) {
     ap_counter *m = NULL;

@@ -51,8 +51,30 @@ static void blur(float *img, float *tmp) {
     }
 }
 
+/* Specks: 1 to 12 anti-aliased dots of a palette colour, radius 0.6 to 2
+ * pixels (the smallest shape has radius 6), which count for nothing. A
+ * diffusion model fine-tuned on the count reward without them learned to
+ * raise the count by scattering such confetti. */
+static void specks(float *img, uint64_t *s) {
+    int n = 1 + (int)(12 * unif(s));
+    for (int j = 0; j < n; j++) {
+        const unsigned char *rgb = ap_shape_color_rgb[(int)(AP_COLORS * unif(s)) % AP_COLORS];
+        double cx = S * unif(s), cy = S * unif(s), r = 0.6 + 1.4 * unif(s);
+        for (int y = (int)floor(cy - r - 1); y <= (int)ceil(cy + r + 1); y++)
+            for (int x = (int)floor(cx - r - 1); x <= (int)ceil(cx + r + 1); x++) {
+                if (x < 0 || y < 0 || x >= S || y >= S) continue;
+                double d = sqrt((x + 0.5 - cx) * (x + 0.5 - cx) + (y + 0.5 - cy) * (y + 0.5 - cy)) - r;
+                float a = (float)fmin(1.0, fmax(0.0, 0.5 - d));
+                for (int k = 0; k < 3; k++) {
+                    float *v = &img[(y * S + x) * 3 + k];
+                    *v = (1 - a) * *v + a * (rgb[k] / 127.5f - 1.0f);
+                }
+            }
+    }
+}
+
 /* Cheap stand-ins for what a tiny diffusion model gets wrong: soft edges,
- * grain, shifted colours and brightness. Flips keep the count. */
+ * grain, specks, shifted colours and brightness. Flips keep the count. */
 void ap_counter_augment(float *img, uint64_t seed, uint64_t index) {
     uint64_t s = seed * 0xd1342543de82ef95ull + 0x632be59bd9b4e019ull;
     s ^= mix(&s) + index;
@@ -75,6 +97,7 @@ void ap_counter_augment(float *img, uint64_t seed, uint64_t index) {
                 img[(S - 1 - y) * S * 3 + i] = t;
             }
     }
+    if (unif(&s) < 0.5) specks(img, &s);
     double u = unif(&s);
     int blurs = u < 0.4 ? 0 : u < 0.75 ? 1 : 2;
     for (int b = 0; b < blurs; b++) blur(img, tmp);

@@ -20,39 +20,39 @@ AP_EMBED_FILE(ap_ps_hps_v2_all_eval, AP_PROMPTS_DIR "/hps_v2_all_eval.txt");
 const char *const ap_prompt_sets[] = {"simple_animals", "eval_simple_animals", "hps_v2_all", "hps_v2_all_eval",
                                       "shapes", "shapes_eval", NULL};
 
-/* The shapes sets (docs/data.md): "shapes" is the first AP_SHAPES_PROMPTS
- * distinct count-free captions of the dataset's stream 0 (what a model trained
- * on it has seen, minus the counts) that name at most three groups, so that
- * three shapes fit every one (the demo's target); "shapes_eval" the held-out
- * captions the generator never writes. One caption per line, into a new buffer. */
-#define AP_SHAPES_PROMPTS 48
+/* The shapes sets (docs/data.md): the distinct count-free captions of the
+ * dataset's stream 0 (what a model trained on it has seen, minus the counts)
+ * that name at most three groups, so that three shapes fit every one (the
+ * demo's target), in the order the stream first writes them: every
+ * AP_SHAPES_EVAL_EVERY-th is held out for "shapes_eval", the others are
+ * "shapes". One caption per line, into a new buffer. */
+#define AP_SHAPES_CAPTIONS 48
+#define AP_SHAPES_EVAL_EVERY 6
 static char *shapes_text(bool eval, size_t *len) {
-    size_t cap = 64 * AP_SHAPES_CAPTION_MAX, n = 0;
-    char *t = malloc(cap);
-    if (!t) return NULL;
-    t[0] = 0;
-    if (eval) {
-        for (int i = 0; ap_shapes_eval_captions[i]; i++)
-            if (n + strlen(ap_shapes_eval_captions[i]) + 2 < cap) n += (size_t)sprintf(t + n, "%s\n", ap_shapes_eval_captions[i]);
-    } else {
-        int have = 0;
-        for (uint64_t i = 0; have < AP_SHAPES_PROMPTS && i < 100000; i++) {
-            ap_shapes_item it;
-            char cap_buf[AP_SHAPES_CAPTION_MAX + 2];
-            ap_shapes_item_make(0, i, &it);
-            ap_shapes_caption(&it, AP_CAPTION_NOCOUNT, cap_buf, AP_SHAPES_CAPTION_MAX);
-            ap_shapes_query q;
-            if (ap_shapes_caption_parse(cap_buf, &q) != 0 || q.n > 3) continue; /* three shapes must fit */
-            strcat(cap_buf, "\n");
-            /* distinct: look for the line in what is there */
-            bool dup = !strncmp(t, cap_buf, strlen(cap_buf));
-            for (const char *q = strchr(t, '\n'); !dup && q && q[1]; q = strchr(q + 1, '\n'))
-                dup = !strncmp(q + 1, cap_buf, strlen(cap_buf));
-            if (dup || n + strlen(cap_buf) + 1 >= cap) continue;
-            n += (size_t)sprintf(t + n, "%s", cap_buf);
-            have++;
-        }
+    size_t cap = (AP_SHAPES_CAPTIONS + 1) * (AP_SHAPES_CAPTION_MAX + 2), n = 0;
+    char *all = calloc(AP_SHAPES_CAPTIONS, AP_SHAPES_CAPTION_MAX + 2), *t = malloc(cap);
+    if (!all || !t) {
+        free(all);
+        free(t);
+        return NULL;
     }
+    int have = 0;
+    for (uint64_t i = 0; have < AP_SHAPES_CAPTIONS && i < 100000; i++) {
+        ap_shapes_item it;
+        char *c = all + (size_t)have * (AP_SHAPES_CAPTION_MAX + 2);
+        ap_shapes_item_make(0, i, &it);
+        ap_shapes_caption(&it, AP_CAPTION_NOCOUNT, c, AP_SHAPES_CAPTION_MAX);
+        ap_shapes_query q;
+        if (ap_shapes_caption_parse(c, &q) != 0 || q.n > 3) continue; /* three shapes must fit */
+        bool dup = false;
+        for (int k = 0; k < have && !dup; k++) dup = !strcmp(all + (size_t)k * (AP_SHAPES_CAPTION_MAX + 2), c);
+        if (!dup) have++;
+    }
+    t[0] = 0;
+    for (int k = 0; k < have; k++)
+        if ((k % AP_SHAPES_EVAL_EVERY == AP_SHAPES_EVAL_EVERY - 1) == eval)
+            n += (size_t)sprintf(t + n, "%s\n", all + (size_t)k * (AP_SHAPES_CAPTION_MAX + 2));
+    free(all);
     *len = n;
     return t;
 }

@@ -27,10 +27,6 @@ _Static_assert(sizeof ap_shape_kind_names / sizeof ap_shape_kind_names[0] == AP_
 
 /* None of these is ever written by the generator: no count word, and the
  * colour+kind plurals ("red circles") only appear after a number there. */
-const char *const ap_shapes_eval_captions[] = {
-    "some shapes", "a few shapes", "colorful shapes", "red circles", "blue squares", "green triangles",
-    "yellow and purple shapes", "shapes of many colors", NULL,
-};
 
 static const char *const number_words[AP_SHAPES_MAX + 1] = {"zero", "one", "two", "three", "four", "five"};
 

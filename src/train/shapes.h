@@ -116,8 +116,4 @@ int ap_shapes_query_total(const ap_shapes_query *q);
 #define AP_SHAPES_MIN_REGION 12
 int ap_shapes_analyze(const float *img, int H, int W, int per_color[AP_COLORS]);
 
-/* Held-out captions for evaluation: prompts that name no count and that the
- * generator never writes (a test checks it). NULL-terminated. */
-extern const char *const ap_shapes_eval_captions[];
-
 #endif
