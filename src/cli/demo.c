@@ -197,16 +197,18 @@ static int usage(void) {
             "  AlignProp on the shipped shapes model: LoRA adapters trained with the count reward toward\n"
             "  --target shapes (3) for --steps steps (default in docs/demo.md), on count-free captions;\n"
             "  the fraction of held-out images with the target count, before and after. Output in DIR\n"
-            "  (runs/demo): before.png, after.png, run/report.html. DDIM steps S (20). --model overrides the shipped model\n"
+            "  (runs/demo): before.png, after.png, run/report.html. DDIM steps S (10), truncation (full), lr (2e-3),\n"
+            "  batch (4), CFG (3). --model overrides the shipped model\n"
             "  (also AP_DEMO_MODEL).\n");
     return 2;
 }
 
 int ap_cli_demo(int argc, char **argv) {
     const char *out = "runs/demo", *model = NULL;
-    const char *trunc = "fixed:1";
-    long steps = 60, target = 3, per_prompt = 4, sample_steps = 20, batch = 4;
-    double lr = 2e-3, cfg = 5.0;
+    /* defaults: docs/demo.md, "What the experiments showed" */
+    const char *trunc = "full";
+    long steps = 60, target = 3, per_prompt = 4, sample_steps = 10, batch = 4;
+    double lr = 2e-3, cfg = 3.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage();
