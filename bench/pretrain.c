@@ -194,9 +194,9 @@ int main(int argc, char **argv) {
         for (int k = 1; lg && k < AP_COUNTER_CLASSES; k++)
             if (ap_cf32(lg)[k] > ap_cf32(lg)[best]) best = k;
         ap_tensor_release(lg);
-        ctr_caption += best + 1 == it.count;
-        ctr_pixels += best + 1 == a.count;
-        printf("%3d  count %d/%d (counter %d)  %s\n", i, a.count, it.count, best + 1, cap);
+        ctr_caption += best == it.count;
+        ctr_pixels += best == a.count;
+        printf("%3d  count %d/%d (counter %d)  %s\n", i, a.count, it.count, best, cap);
         if (grid && i < 32) {
             ap_tensor *cat = all ? ap_concat_batch(c, all, img) : ap_tensor_retain(img);
             ap_tensor_release(all);

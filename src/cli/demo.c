@@ -165,7 +165,7 @@ static ap_status count_eval(ap_ctx *c, ap_sd_model *m, ap_counter *counter, cons
                 int best = 0;
                 for (int j = 1; j < AP_COUNTER_CLASSES; j++)
                     if (lg[j] > lg[best]) best = j;
-                s->hit_model += best + 1 == target;
+                s->hit_model += best == target;
                 double cnt = ((const float *)ap_tensor_cdata(ex))[0];
                 s->mean_count += cnt;
                 s->mean_loss += fabs(cnt - target);

@@ -94,18 +94,21 @@ int ap_cli_train_counter(int argc, char **argv) {
     ap_ctx *c = ap_ctx_create();
     ap_counter *m = NULL;
     if (evaluate) {
-        double acc, mae, acc_aug, mae_aug;
+        double acc, mae, acc_aug, mae_aug, acc_neg, mae_neg;
         if (eval_n < 1) eval_n = 1000;
         if (ap_counter_load(c, evaluate, &m) != AP_OK ||
             ap_counter_evaluate(c, m, AP_COUNTER_EVAL_SEED, (int)eval_n, 0, &acc, &mae) != AP_OK ||
-            ap_counter_evaluate(c, m, AP_COUNTER_EVAL_SEED, (int)eval_n, 1, &acc_aug, &mae_aug) != AP_OK) {
+            ap_counter_evaluate(c, m, AP_COUNTER_EVAL_SEED, (int)eval_n, 1, &acc_aug, &mae_aug) != AP_OK ||
+            ap_counter_evaluate(c, m, AP_COUNTER_EVAL_SEED, (int)eval_n, 2, &acc_neg, &mae_neg) != AP_OK) {
             fprintf(stderr, "alignprop train-counter: %s\n", ap_last_error(c));
             ap_counter_free(m);
             ap_ctx_free(c);
             return 1;
         }
-        printf("%s, held-out (%ld images of seed %llu): accuracy %.1f%% (count error %.3f), augmented %.1f%% (%.3f)\n",
-               evaluate, eval_n, (unsigned long long)AP_COUNTER_EVAL_SEED, 100 * acc, mae, 100 * acc_aug, mae_aug);
+        printf("%s, held-out (%ld images of seed %llu): accuracy %.1f%% (count error %.3f), augmented %.1f%% (%.3f), "
+               "no-shapes pictures %.1f%% (%.3f)\n",
+               evaluate, eval_n, (unsigned long long)AP_COUNTER_EVAL_SEED, 100 * acc, mae, 100 * acc_aug, mae_aug,
+               100 * acc_neg, mae_neg);
         ap_counter_free(m);
         ap_ctx_free(c);
         return 0;
@@ -128,15 +131,18 @@ int ap_cli_train_counter(int argc, char **argv) {
     char acc_s[64] = "not measured", acc_aug_s[64] = "not measured", mae_s[64] = "", steps_s[32], seed_s[32],
          time_s[32], loss_s[32];
     if (eval_n > 0) {
-        double acc, mae, acc_aug, mae_aug;
+        double acc, mae, acc_aug, mae_aug, acc_neg, mae_neg;
         if (ap_counter_evaluate(c, m, AP_COUNTER_EVAL_SEED, (int)eval_n, 0, &acc, &mae) != AP_OK ||
-            ap_counter_evaluate(c, m, AP_COUNTER_EVAL_SEED, (int)eval_n, 1, &acc_aug, &mae_aug) != AP_OK)
+            ap_counter_evaluate(c, m, AP_COUNTER_EVAL_SEED, (int)eval_n, 1, &acc_aug, &mae_aug) != AP_OK ||
+            ap_counter_evaluate(c, m, AP_COUNTER_EVAL_SEED, (int)eval_n, 2, &acc_neg, &mae_neg) != AP_OK)
             goto fail;
         snprintf(acc_s, sizeof acc_s, "%.4f", acc);
         snprintf(acc_aug_s, sizeof acc_aug_s, "%.4f", acc_aug);
         snprintf(mae_s, sizeof mae_s, "%.4f", mae);
-        printf("held-out (%ld images of seed %llu): accuracy %.1f%% (count error %.3f), augmented %.1f%% (%.3f)\n",
-               eval_n, (unsigned long long)AP_COUNTER_EVAL_SEED, 100 * acc, mae, 100 * acc_aug, mae_aug);
+        printf("held-out (%ld images of seed %llu): accuracy %.1f%% (count error %.3f), augmented %.1f%% (%.3f), "
+               "no-shapes pictures %.1f%% (%.3f)\n",
+               eval_n, (unsigned long long)AP_COUNTER_EVAL_SEED, 100 * acc, mae, 100 * acc_aug, mae_aug, 100 * acc_neg,
+               mae_neg);
     }
     snprintf(steps_s, sizeof steps_s, "%d", o.steps);
     snprintf(seed_s, sizeof seed_s, "%llu", (unsigned long long)o.seed);

@@ -1,4 +1,4 @@
-/* The `count` reward: the counting model's expected number of shapes (1..5)
+/* The `count` reward: the counting model's expected number of shapes (0..5)
  * in each image, differentiable with respect to the image. Its weights are
  * frozen; see counter.h for the model and where its weights come from. */
 #include "core/internal.h"
@@ -26,7 +26,7 @@ static ap_tensor *count_forward(ap_ctx *c, ap_reward *self, ap_tensor *x, const 
     count_reward *cr = self->user;
     ap_counter *m = cr->m;
     const float T = cr->temperature;
-    ap_tensor *logits = ap_counter_logits(c, m, x); // [N,5]
+    ap_tensor *logits = ap_counter_logits(c, m, x); // [N,6]
     ap_tensor *r = ap_counter_expected(c, m, logits, NULL); // [N]
     if (r && T != 1.0f && ap_grad_enabled(c)) {
         ap_tensor *sl = ap_scale(c, logits, 1.0f / T);

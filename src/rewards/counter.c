@@ -50,7 +50,7 @@ ap_status ap_counter_create(ap_ctx *c, ap_dtype weight_dtype, ap_counter **out) 
     const int pos = (AP_COUNTER_SIZE / 8) * (AP_COUNTER_SIZE / 8);
     float pool[(AP_COUNTER_SIZE / 8) * (AP_COUNTER_SIZE / 8)], counts[AP_COUNTER_CLASSES];
     for (int i = 0; i < pos; i++) pool[i] = 1.0f / pos;
-    for (int k = 0; k < AP_COUNTER_CLASSES; k++) counts[k] = (float)(k + 1);
+    for (int k = 0; k < AP_COUNTER_CLASSES; k++) counts[k] = (float)k;
     m->pool = ap_tensor_from_data(c, AP_F32, 2, (int64_t[]){pos, 1}, pool);
     m->counts = ap_tensor_from_data(c, AP_F32, 2, (int64_t[]){1, AP_COUNTER_CLASSES}, counts);
     if (ap_failed(c)) {
@@ -175,12 +175,12 @@ ap_tensor *ap_counter_logits(ap_ctx *c, ap_counter *m, ap_tensor *images) {
     h = ap_swap(h, ap_reshape(c, h, 2, (int64_t[]){N, ch}));             // [N,C]
     h = ap_swap(h, ap_linear_fwd(c, &m->fc1, h));
     h = ap_swap(h, ap_silu(c, h));
-    return ap_swap(h, ap_linear_fwd(c, &m->fc2, h));                     // [N,5]
+    return ap_swap(h, ap_linear_fwd(c, &m->fc2, h));                     // [N,6]
 }
 
 ap_tensor *ap_counter_expected(ap_ctx *c, ap_counter *m, ap_tensor *logits, ap_tensor **probs) {
     if (probs) *probs = NULL;
-    ap_tensor *p = ap_softmax(c, logits);                                 // [N,5]
+    ap_tensor *p = ap_softmax(c, logits);                                 // [N,6]
     ap_tensor *e = ap_linear(c, p, m->counts, NULL);                      // [N,1]
     ap_tensor *r = e ? ap_reshape(c, e, 1, (int64_t[]){e->shape[0]}) : NULL; // [N]
     ap_tensor_release(e);

@@ -1,5 +1,6 @@
 /* The counting model behind the `count` reward: a small CNN that predicts how
- * many shapes (1..5) an image of the shapes dataset holds (docs/rewards.md,
+ * many shapes (0..5) an image of the shapes dataset holds, 0 standing for
+ * "no countable shapes" (a blank picture, mush, a texture) (docs/rewards.md,
  * section count; the trainer is train/counter_train.h).
  *
  * images [N,64,64,3] in [-1,1] (other sizes are resized to 64x64 first)
@@ -11,8 +12,8 @@
  *                                                  before the pooling would rescale
  *                                                  the per-shape evidence by the count)
  *   mean over the 8x8 positions      [N,64]
- *   linear 64->64, SiLU, linear 64->5  logits over the counts 1..5
- * count = sum_k p_k * k, p = softmax(logits): a smooth, bounded [1,5] count,
+ *   linear 64->64, SiLU, linear 64->6  logits over the counts 0..5
+ * count = sum_k p_k * k, p = softmax(logits): a smooth, bounded [0,5] count,
  * differentiable with respect to the image. All convs are 3x3, padding 1. */
 #ifndef AP_REWARDS_COUNTER_H
 #define AP_REWARDS_COUNTER_H
@@ -21,7 +22,7 @@
 #include "nn/nn.h"
 #include "rewards/reward.h"
 
-#define AP_COUNTER_CLASSES 5 /* counts 1..5 */
+#define AP_COUNTER_CLASSES 6 /* counts 0..5; class k is the count k, 0: no countable shapes */
 #define AP_COUNTER_SIZE 64   /* input resolution */
 #define AP_COUNTER_CONVS 5
 
@@ -31,7 +32,7 @@ typedef struct {
     ap_gn_layer norm[AP_COUNTER_CONVS - 1];
     ap_linear_layer fc1, fc2;
     ap_tensor *pool;   /* [64,1] 1/64: the mean over positions as a matmul */
-    ap_tensor *counts; /* [1,5] the values 1..5 */
+    ap_tensor *counts; /* [1,6] the values 0..5 */
 } ap_counter;
 
 /* A counter with zeroed weights of dtype weight_dtype (f32 to train). */
@@ -50,7 +51,7 @@ ap_status ap_counter_save(ap_counter *m, const char *path, ap_dtype dt, int n_me
 
 /* images [N,H,W,3] -> logits [N,5]. */
 ap_tensor *ap_counter_logits(ap_ctx *c, ap_counter *m, ap_tensor *images);
-/* logits [N,5] -> probabilities (*probs, may be NULL) and the expected count [N]. */
+/* logits [N,6] -> probabilities (*probs, may be NULL) and the expected count [N]. */
 ap_tensor *ap_counter_expected(ap_ctx *c, ap_counter *m, ap_tensor *logits, ap_tensor **probs);
 
 /* The shipped weights embedded in the library (NULL and 0 when the build had

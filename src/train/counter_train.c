@@ -51,6 +51,26 @@ static void blur(float *img, float *tmp) {
     }
 }
 
+/* A disc of colour col ([-1,1]) at (cx, cy), radius r, anti-aliased. */
+static void disc(float *img, double cx, double cy, double r, const float col[3]) {
+    for (int y = (int)floor(cy - r - 1); y <= (int)ceil(cy + r + 1); y++)
+        for (int x = (int)floor(cx - r - 1); x <= (int)ceil(cx + r + 1); x++) {
+            if (x < 0 || y < 0 || x >= S || y >= S) continue;
+            double d = sqrt((x + 0.5 - cx) * (x + 0.5 - cx) + (y + 0.5 - cy) * (y + 0.5 - cy)) - r;
+            float a = (float)fmin(1.0, fmax(0.0, 0.5 - d));
+            for (int k = 0; k < 3; k++) img[(y * S + x) * 3 + k] = (1 - a) * img[(y * S + x) * 3 + k] + a * col[k];
+        }
+}
+
+static void random_colour(uint64_t *s, float col[3]) {
+    if (unif(s) < 0.6) {
+        const unsigned char *rgb = ap_shape_color_rgb[(int)(AP_COLORS * unif(s)) % AP_COLORS];
+        for (int k = 0; k < 3; k++) col[k] = rgb[k] / 127.5f - 1.0f;
+    } else {
+        for (int k = 0; k < 3; k++) col[k] = (float)(2 * unif(s) - 1);
+    }
+}
+
 /* Specks: 1 to 12 anti-aliased dots of a palette colour, radius 0.6 to 2
  * pixels (the smallest shape has radius 6), which count for nothing. A
  * diffusion model fine-tuned on the count reward without them learned to
@@ -59,18 +79,59 @@ static void specks(float *img, uint64_t *s) {
     int n = 1 + (int)(12 * unif(s));
     for (int j = 0; j < n; j++) {
         const unsigned char *rgb = ap_shape_color_rgb[(int)(AP_COLORS * unif(s)) % AP_COLORS];
+        const float col[3] = {rgb[0] / 127.5f - 1.0f, rgb[1] / 127.5f - 1.0f, rgb[2] / 127.5f - 1.0f};
         double cx = S * unif(s), cy = S * unif(s), r = 0.6 + 1.4 * unif(s);
-        for (int y = (int)floor(cy - r - 1); y <= (int)ceil(cy + r + 1); y++)
-            for (int x = (int)floor(cx - r - 1); x <= (int)ceil(cx + r + 1); x++) {
-                if (x < 0 || y < 0 || x >= S || y >= S) continue;
-                double d = sqrt((x + 0.5 - cx) * (x + 0.5 - cx) + (y + 0.5 - cy) * (y + 0.5 - cy)) - r;
-                float a = (float)fmin(1.0, fmax(0.0, 0.5 - d));
+        disc(img, cx, cy, r, col);
+    }
+}
+
+bool ap_counter_is_negative(uint64_t seed, uint64_t index) {
+    uint64_t s = seed * 0x9e3779b97f4a7c15ull + index * 0xd1342543de82ef95ull + 0x5851f42d4c957f2dull;
+    return mix(&s) % AP_COUNTER_CLASSES == 0;
+}
+
+void ap_counter_negative(float *img, uint64_t seed, uint64_t index) {
+    uint64_t s = seed * 0xbf58476d1ce4e5b9ull + 0x94d049bb133111ebull;
+    s ^= mix(&s) + index;
+    mix(&s);
+    const unsigned char *bg = ap_shape_background_rgb[(int)(AP_SHAPES_BACKGROUNDS * unif(&s)) % AP_SHAPES_BACKGROUNDS];
+    for (int i = 0; i < S * S; i++)
+        for (int k = 0; k < 3; k++) img[i * 3 + k] = bg[k] / 127.5f - 1.0f;
+    float col[3], tmp[IMG];
+    int kind = (int)(4 * unif(&s)) % 4;
+    if (kind == 1) { /* mush: many overlapping blobs of all sizes, softened */
+        int n = 12 + (int)(30 * unif(&s));
+        for (int j = 0; j < n; j++) {
+            random_colour(&s, col);
+            disc(img, S * unif(&s), S * unif(&s), 2 + 12 * unif(&s), col);
+        }
+        int blurs = 1 + (int)(3 * unif(&s));
+        for (int b = 0; b < blurs; b++) blur(img, tmp);
+    } else if (kind == 2) { /* confetti: only dots too small to be shapes */
+        int n = 15 + (int)(60 * unif(&s));
+        for (int j = 0; j < n; j++) {
+            random_colour(&s, col);
+            disc(img, S * unif(&s), S * unif(&s), 0.6 + 1.4 * unif(&s), col);
+        }
+    } else if (kind == 3) { /* texture: smooth random colour fields on a grid of 4 to 16 cells a side */
+        int g = 4 << ((int)(3 * unif(&s)) % 3);
+        float amp = (float)(0.3 + 0.7 * unif(&s)), grid[17 * 17 * 3];
+        for (int i = 0; i < (g + 1) * (g + 1) * 3; i++) grid[i] = (float)(2 * unif(&s) - 1);
+        for (int y = 0; y < S; y++)
+            for (int x = 0; x < S; x++) {
+                double fx = (double)x * g / S, fy = (double)y * g / S;
+                int x0 = (int)fx, y0 = (int)fy;
+                double ax = fx - x0, ay = fy - y0;
                 for (int k = 0; k < 3; k++) {
-                    float *v = &img[(y * S + x) * 3 + k];
-                    *v = (1 - a) * *v + a * (rgb[k] / 127.5f - 1.0f);
+                    double v = (1 - ax) * (1 - ay) * grid[(y0 * (g + 1) + x0) * 3 + k] +
+                               ax * (1 - ay) * grid[(y0 * (g + 1) + x0 + 1) * 3 + k] +
+                               (1 - ax) * ay * grid[((y0 + 1) * (g + 1) + x0) * 3 + k] +
+                               ax * ay * grid[((y0 + 1) * (g + 1) + x0 + 1) * 3 + k];
+                    float *p = &img[(y * S + x) * 3 + k];
+                    *p = (1 - amp) * *p + amp * (float)v;
                 }
             }
-    }
+    } /* kind 0: the plain background */
 }
 
 /* Cheap stand-ins for what a tiny diffusion model gets wrong: soft edges,
@@ -127,10 +188,15 @@ static ap_tensor *make_batch(ap_ctx *c, const ap_counter_train_opts *o, int step
         if (o->cycle > 0) index %= (uint64_t)o->cycle;
         ap_shapes_item it;
         ap_shapes_item_make(o->seed, index, &it);
-        ap_shapes_render_f32(&it, p + (size_t)i * IMG);
+        counts[i] = it.count;
+        if (ap_counter_is_negative(o->seed, index)) {
+            ap_counter_negative(p + (size_t)i * IMG, o->seed, index);
+            counts[i] = 0;
+        } else {
+            ap_shapes_render_f32(&it, p + (size_t)i * IMG);
+        }
         /* augmentations are drawn per step, so a cycled item is seen differently each time */
         if (o->augment) ap_counter_augment(p + (size_t)i * IMG, o->seed, (uint64_t)step * o->batch + i);
-        counts[i] = it.count;
     }
     return x;
 }
@@ -139,7 +205,7 @@ static ap_tensor *make_batch(ap_ctx *c, const ap_counter_train_opts *o, int step
 static ap_tensor *count_loss(ap_ctx *c, ap_counter *m, ap_tensor *x, const int *counts, int B) {
     float onehot[256 * AP_COUNTER_CLASSES], target[256];
     for (int i = 0; i < B; i++) {
-        for (int k = 0; k < AP_COUNTER_CLASSES; k++) onehot[i * AP_COUNTER_CLASSES + k] = (k + 1 == counts[i]);
+        for (int k = 0; k < AP_COUNTER_CLASSES; k++) onehot[i * AP_COUNTER_CLASSES + k] = (k == counts[i]);
         target[i] = (float)counts[i];
     }
     ap_tensor *oh = ap_tensor_from_data(c, AP_F32, 2, (int64_t[]){B, AP_COUNTER_CLASSES}, onehot);
@@ -225,6 +291,10 @@ ap_status ap_counter_evaluate(ap_ctx *c, ap_counter *m, uint64_t seed, int n, in
         ap_shapes_item items[50];
         ap_tensor *x = NULL;
         if (ap_shapes_batch(c, seed, (uint64_t)start, b, &x, items) != AP_OK) break;
+        for (int i = 0; augment == 2 && i < b; i++) {
+            ap_counter_negative(ap_f32(x) + (size_t)i * IMG, seed, (uint64_t)(start + i));
+            items[i].count = 0;
+        }
         if (augment)
             for (int i = 0; i < b; i++) ap_counter_augment(ap_f32(x) + (size_t)i * IMG, seed, (uint64_t)(start + i));
         ap_tensor *logits = ap_counter_logits(c, m, x);

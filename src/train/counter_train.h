@@ -6,6 +6,7 @@
 
 #include "rewards/counter.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 
 /* The held-out stream: items 0.. of this seed, never used for training (a
@@ -34,12 +35,21 @@ void ap_counter_train_defaults(ap_counter_train_opts *o);
 ap_status ap_counter_train(ap_ctx *c, ap_counter *m, const ap_counter_train_opts *o, double *losses);
 
 /* Accuracy (rounded expected count == true count) and mean absolute count
- * error on items 0..n-1 of stream seed, clean or augmented. */
+ * error on items 0..n-1 of stream seed: augment 0 clean, 1 augmented, 2 the
+ * negative pictures of those items (ap_counter_negative, augmented; count 0). */
 ap_status ap_counter_evaluate(ap_ctx *c, ap_counter *m, uint64_t seed, int n, int augment, double *accuracy,
                               double *mae);
 
 /* The training augmentations, applied in place to one image [64,64,3] in
  * [-1,1]; a pure function of (seed, index). */
 void ap_counter_augment(float *img, uint64_t seed, uint64_t index);
+
+/* Class 0, "no countable shapes": whether item index of stream seed is
+ * replaced by a negative picture in training (one in AP_COUNTER_CLASSES), and
+ * that picture [64,64,3] in [-1,1]: a plain background, mush (overlapping
+ * blobs, blurred), confetti (dots too small to be shapes) or a smooth random
+ * texture. Pure functions of (seed, index). */
+bool ap_counter_is_negative(uint64_t seed, uint64_t index);
+void ap_counter_negative(float *img, uint64_t seed, uint64_t index);
 
 #endif
