@@ -95,12 +95,15 @@ ap_status ap_ckpt_begin(ap_ctx *c, const char *run_dir, int64_t step, char *tmp,
     return AP_OK;
 }
 
-ap_status ap_ckpt_commit(ap_ctx *c, const char *run_dir, int64_t step, const char *tmp, int keep) {
+ap_status ap_ckpt_commit(ap_ctx *c, const char *run_dir, int64_t step, const char *tmp, int keep,
+                         const ap_json *state) {
     char dir[4096], fin[4200], p[4400];
     snprintf(dir, sizeof dir, "%s/checkpoints", run_dir);
     snprintf(fin, sizeof fin, "%s/step_%06lld", dir, (long long)step);
+    snprintf(p, sizeof p, "%s/state.json", tmp);
+    ap_status st = ap_failed(c) ? c->status : state ? ap_json_save(c, p, state, true) : AP_OK;
     snprintf(p, sizeof p, "%s/DONE", tmp);
-    ap_status st = ap_failed(c) ? c->status : ap_write_file(c, p, "complete\n", 9);
+    if (st == AP_OK) st = ap_write_file(c, p, "complete\n", 9);
     /* a leftover final directory can only be an incomplete one from a crashed run */
     if (st == AP_OK && (fsync_path(tmp) != 0 || ap_rm_tree(fin) != 0 || rename(tmp, fin) != 0 || fsync_path(dir) != 0))
         st = ap_seterr(c, AP_ERR_IO, "%s: cannot complete the checkpoint: %s", fin, strerror(errno));

@@ -23,9 +23,12 @@ int ap_ckpt_list(const char *dir, int64_t **steps);
 /* Makes RUNDIR/checkpoints/step_NNNNNN.tmp/ (removing a stale one) and writes
  * its path into tmp. */
 ap_status ap_ckpt_begin(ap_ctx *c, const char *run_dir, int64_t step, char *tmp, size_t n);
-/* Writes DONE into tmp, syncs, renames it to its final name, then keeps the
- * newest `keep` complete checkpoints (0 keeps all). On failure tmp is removed. */
-ap_status ap_ckpt_commit(ap_ctx *c, const char *run_dir, int64_t step, const char *tmp, int keep);
+/* Writes state (when not NULL) as tmp/state.json and DONE into tmp, syncs,
+ * renames it to its final name, then keeps the newest `keep` complete
+ * checkpoints (0 keeps all). When c already holds an error, or on failure, tmp
+ * is removed and nothing is committed. */
+ap_status ap_ckpt_commit(ap_ctx *c, const char *run_dir, int64_t step, const char *tmp, int keep,
+                         const ap_json *state);
 /* The newest complete checkpoint of run_dir: its directory into out and its
  * step into *step; AP_ERR_NOT_FOUND (message naming `who`) when there is none. */
 ap_status ap_ckpt_latest(ap_ctx *c, const char *run_dir, const char *who, char *out, size_t n, int64_t *step);

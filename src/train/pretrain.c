@@ -442,16 +442,16 @@ static ap_status save_checkpoint(run *r, int64_t step, ap_adamw *opt) {
         ap_json *j = ap_json_new_object(), *cj = config_json(c, r->o, NULL);
         bool ok = j && cj && ap_json_add_int(j, "step", step) &&
                   ap_json_add_num(j, "vae_train_scaling_factor", r->vae_train_sf) && ap_json_add(j, "config", cj);
-        if (!ok) ap_json_free(cj);
-        snprintf(p, sizeof p, "%s/state.json", tmp);
-        st = ok ? ap_json_save(c, p, j, true) : ap_seterr(c, AP_ERR_NOMEM, "out of memory");
+        if (!ok) {
+            ap_json_free(cj);
+            ap_seterr(c, AP_ERR_NOMEM, "out of memory");
+        }
+        st = ap_ckpt_commit(c, r->o->out_dir, step, tmp, r->o->keep_checkpoints, j);
         ap_json_free(j);
-    }
-    if (st != AP_OK) {
-        ap_rm_tree(tmp);
         return st;
     }
-    return ap_ckpt_commit(c, r->o->out_dir, step, tmp, r->o->keep_checkpoints);
+    ap_rm_tree(tmp);
+    return st;
 }
 
 /* The newest checkpoint: checks its config against this run's, loads its

@@ -145,16 +145,16 @@ static ap_status save_checkpoint(ap_ctx *c, const ap_train_opts *o, int step, in
             ok = ap_json_add_str(j, RNG_KEYS[i], hex);
         }
         ok = ok && ap_json_add(j, "config", cj);
-        if (!ok) ap_json_free(cj);
-        snprintf(p, sizeof p, "%s/state.json", tmp);
-        st = ok ? ap_json_save(c, p, j, true) : ap_seterr(c, AP_ERR_NOMEM, "out of memory");
+        if (!ok) {
+            ap_json_free(cj);
+            ap_seterr(c, AP_ERR_NOMEM, "out of memory");
+        }
+        st = ap_ckpt_commit(c, o->out_dir, step, tmp, o->keep_checkpoints, j);
         ap_json_free(j);
-    }
-    if (st != AP_OK) {
-        ap_rm_tree(tmp);
         return st;
     }
-    return ap_ckpt_commit(c, o->out_dir, step, tmp, o->keep_checkpoints);
+    ap_rm_tree(tmp);
+    return st;
 }
 
 /* Loads the newest complete checkpoint of o->out_dir: adapters, optimizer,
