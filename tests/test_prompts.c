@@ -35,14 +35,14 @@ int main(void) {
     CHECK(ap_prompts_load(c, "builtin:shapes", &p) == AP_OK && ap_prompts_load(c, "builtin:shapes_eval", &e) == AP_OK);
     for (int k = 0; k < p.n; k++) {
         ap_shapes_query q;
-        CHECK_MSG(ap_shapes_caption_parse(p.text[k], &q) == 0 && ap_shapes_query_total(&q) == -1 && q.n <= 3, "%s",
+        CHECK_MSG(ap_shapes_caption_parse(p.text[k], &q) == 0 && ap_shapes_query_total(&q) == -1 && q.n == 3, "%s",
                   p.text[k]);
         for (int j = 0; j < k; j++) CHECK(strcmp(p.text[j], p.text[k]) != 0);
         for (int j = 0; j < e.n; j++) CHECK(strcmp(e.text[j], p.text[k]) != 0);
     }
     for (int k = 0; k < e.n; k++) {
         ap_shapes_query q;
-        CHECK_MSG(ap_shapes_caption_parse(e.text[k], &q) == 0 && ap_shapes_query_total(&q) == -1 && q.n <= 3, "%s",
+        CHECK_MSG(ap_shapes_caption_parse(e.text[k], &q) == 0 && ap_shapes_query_total(&q) == -1 && q.n == 3, "%s",
                   e.text[k]);
         for (int j = 0; j < k; j++) CHECK(strcmp(e.text[j], e.text[k]) != 0);
     }

@@ -195,11 +195,11 @@ static int usage(void) {
             "usage: alignprop demo [-o DIR] [--model PATH] [--steps N] [--target N] [--eval-per-prompt K]\n"
             "                      [--sample-steps S] [--truncation SPEC] [--lr X] [--batch N] [--cfg X]\n"
             "  AlignProp on the shipped shapes model: LoRA adapters trained with the count reward toward\n"
-            "  --target shapes (3) for --steps steps (default in docs/demo.md), on count-free captions;\n"
-            "  the fraction of held-out images with the target count, before and after. Output in DIR\n"
-            "  (runs/demo): before.png, after.png, run/report.html. DDIM steps S (10), truncation (full), lr (2e-3),\n"
-            "  batch (4), CFG (3). --model overrides the shipped model\n"
-            "  (also AP_DEMO_MODEL).\n");
+            "  --target shapes (3) for --steps steps (100), on count-free captions naming three groups;\n"
+            "  the fraction of held-out images (K seeds per caption, 8) with the target count, before and\n"
+            "  after. Output in DIR (runs/demo): before.png, after.png, run/report.html. DDIM steps S (10),\n"
+            "  truncation (full), lr (2e-3, cosine decay), batch (4), CFG (3). --model overrides the shipped\n"
+            "  model (also AP_DEMO_MODEL). docs/demo.md.\n");
     return 2;
 }
 
@@ -207,7 +207,7 @@ int ap_cli_demo(int argc, char **argv) {
     const char *out = "runs/demo", *model = NULL;
     /* defaults: docs/demo.md, "What the experiments showed" */
     const char *trunc = "full";
-    long steps = 60, target = 3, per_prompt = 4, sample_steps = 10, batch = 4;
+    long steps = 100, target = 3, per_prompt = 8, sample_steps = 10, batch = 4;
     double lr = 2e-3, cfg = 3.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -283,6 +283,7 @@ int ap_cli_demo(int argc, char **argv) {
     t.cfg = (float)cfg;
     t.width = t.height = 64;
     t.lr = lr;
+    t.lr_schedule.kind = AP_LR_COSINE;
     if (ap_trunc_parse(c, trunc, &t.trunc) != AP_OK) {
         fprintf(stderr, "alignprop demo: --truncation: %s\n", ap_last_error(c));
         ap_ctx_free(c);
@@ -293,7 +294,7 @@ int ap_cli_demo(int argc, char **argv) {
     t.save_every = 0;
     t.seed = 0;
     printf("training: reward count, loss |count - %ld|, %ld steps of %d images (DDIM %d steps, CFG %.1f, "
-           "truncation %s, lr %g), prompts builtin:shapes\n",
+           "truncation %s, lr %g cosine), prompts builtin:shapes\n",
            target, steps, t.batch, t.sample_steps, t.cfg, trunc, t.lr);
 
     ap_sd_model *m = NULL;

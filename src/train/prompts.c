@@ -22,8 +22,10 @@ const char *const ap_prompt_sets[] = {"simple_animals", "eval_simple_animals", "
 
 /* The shapes sets (docs/data.md): the distinct count-free captions of the
  * dataset's stream 0 (what a model trained on it has seen, minus the counts)
- * that name at most three groups, so that three shapes fit every one (the
- * demo's target), in the order the stream first writes them: every
+ * that name three groups (three colours, or the three kinds), so that the
+ * demo's target, three shapes, is one shape per group: the fewest a caption
+ * allows, where the data (and the pretrained model) mostly draw four or five.
+ * In the order the stream first writes them: every
  * AP_SHAPES_EVAL_EVERY-th is held out for "shapes_eval", the others are
  * "shapes". One caption per line, into a new buffer. */
 #define AP_SHAPES_CAPTIONS 48
@@ -43,7 +45,7 @@ static char *shapes_text(bool eval, size_t *len) {
         ap_shapes_item_make(0, i, &it);
         ap_shapes_caption(&it, AP_CAPTION_NOCOUNT, c, AP_SHAPES_CAPTION_MAX);
         ap_shapes_query q;
-        if (ap_shapes_caption_parse(c, &q) != 0 || q.n > 3) continue; /* three shapes must fit */
+        if (ap_shapes_caption_parse(c, &q) != 0 || q.n != 3) continue; /* three groups */
         bool dup = false;
         for (int k = 0; k < have && !dup; k++) dup = !strcmp(all + (size_t)k * (AP_SHAPES_CAPTION_MAX + 2), c);
         if (!dup) have++;
