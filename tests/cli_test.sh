@@ -208,6 +208,12 @@ for f in before.png after.png run/report.html run/lora.safetensors; do
   [ -s "$tmp/demo2/$f" ] || { echo "FAIL demo wrote no $f"; fail=1; }
 done
 contains "demo report names the reward change" "Evaluation reward:" "$(cat "$tmp/demo2/run/report.html" 2>/dev/null)"
+# the shipped model: this build finds it (what make demo runs) and the demo runs on it
+out=$(env -u AP_DEMO_MODEL $bin demo --steps 1 --eval-per-prompt 1 --sample-steps 2 -o "$tmp/demo4" 2>&1); rc=$?
+check "demo on the shipped model exits 0" 0 $rc
+contains "demo finds the shipped model" "assets/shapes64" "$out"
+contains "demo on the shipped model prints its table" "exactly 3 shapes (reward model)" "$out"
+[ -s "$tmp/demo4/after.png" ] || { echo "FAIL demo on the shipped model wrote no after.png"; fail=1; }
 out=$($bin demo --model "$tmp/nothing" --steps 2 2>&1); rc=$?
 check "demo with a missing model exits 1" 1 $rc
 contains "demo names the missing model" "$tmp/nothing" "$out"
