@@ -6,6 +6,7 @@
 #include "io/json.h"
 #include "models/lora_file.h"
 #include "test.h"
+#include "train/prompts.h"
 #include "train/trainer.h"
 
 #include <math.h>
@@ -207,6 +208,49 @@ static void test_init_lora_and_schedule(ap_ctx *c, const ap_train_opts *base, co
     free(text);
 }
 
+/* The evaluation hook sees each evaluation's images (before training and at
+ * its end), and an error it returns ends the training with that error. */
+typedef struct {
+    int calls, steps[4], n[4];
+    bool in_range, grad_off; /* in_range: every value finite */
+    int fail_at; /* -1: never */
+} hook_rec;
+static ap_status eval_hook(void *u, ap_ctx *c, int step, const float *images, int n) {
+    hook_rec *h = u;
+    if (h->calls < 4) h->steps[h->calls] = step, h->n[h->calls] = n;
+    h->calls++;
+    for (int64_t i = 0; i < (int64_t)n * 16 * 16 * 3; i++)
+        if (!isfinite(images[i])) h->in_range = false;
+    if (ap_grad_enabled(c)) h->grad_off = false;
+    if (step == h->fail_at) return ap_seterr(c, AP_ERR_INVALID_ARG, "hook refuses step %d", step);
+    return AP_OK;
+}
+static void test_eval_hook(ap_ctx *c, const ap_train_opts *base, const char *dir) {
+    char run[320];
+    snprintf(run, sizeof run, "%s/run_hook", dir);
+    ap_train_opts o = *base;
+    o.out_dir = run;
+    o.steps = 3;
+    o.eval_prompts = "builtin:eval_simple_animals";
+    o.eval_per_prompt = 2;
+    hook_rec h = {.in_range = true, .grad_off = true, .fail_at = -1};
+    o.on_eval = eval_hook;
+    o.on_eval_user = &h;
+    ap_prompts ep;
+    CHECK(ap_prompts_load(c, o.eval_prompts, &ep) == AP_OK);
+    CHECK_MSG(ap_train(c, &o) == AP_OK, "%s", ap_last_error(c));
+    CHECK_MSG(h.calls == 2 && h.steps[0] == 0 && h.steps[1] == 3, "hook called before and at the end (%d calls)",
+              h.calls);
+    CHECK(h.n[0] == ep.n * 2 && h.n[1] == ep.n * 2);
+    CHECK(h.in_range);
+    CHECK(h.grad_off);
+    ap_prompts_free(&ep);
+    snprintf(run, sizeof run, "%s/run_hook2", dir);
+    h = (hook_rec){.in_range = true, .grad_off = true, .fail_at = 0};
+    CHECK(ap_train(c, &o) == AP_ERR_INVALID_ARG && strstr(ap_last_error(c), "hook refuses step 0") && h.calls == 1);
+    ap_clear_error(c);
+}
+
 int main(void) {
     ap_ctx *c = test_ctx();
     char dir[256], model[300], run1[300], run2[300], path[400];
@@ -277,6 +321,7 @@ int main(void) {
     snprintf(path, sizeof path, "%s/lora.safetensors", run1);
     o.model = model;
     test_init_lora_and_schedule(c, &o, dir, path);
+    test_eval_hook(c, &o, dir);
     ap_sd_free(m);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);

@@ -139,48 +139,51 @@ typedef struct {
     double mean_loss;  /* mean |count - target|: the training loss on these images */
 } count_stats;
 
-/* Samples every evaluation prompt with seeds 0..k-1 (as the trainer's
- * evaluation does) and counts the shapes of each image two ways. */
-static ap_status count_eval(ap_ctx *c, ap_sd_model *m, ap_counter *counter, const ap_prompts *ep, int k,
-                            const ap_train_opts *t, int target, count_stats *s, ap_tensor **grid) {
+/* What the trainer's evaluation hook fills: the counts of the images of the
+ * evaluation before training (step 0) and at its end, and their grids. */
+typedef struct {
+    ap_counter *counter;
+    int target, steps, height, width, per_prompt;
+    const char *png[2]; /* before.png, after.png */
+    count_stats s[2];
+    bool have[2];
+} demo_eval;
+
+/* The trainer's evaluation images (every held-out caption with seeds
+ * 0..per_prompt-1, sampled once with the adapters of that step): counted two
+ * ways, by the reward's own model (its most likely count) and by a
+ * model-free reading of the pixels, and written as a grid. */
+static ap_status on_eval(void *u, ap_ctx *c, int step, const float *images, int n) {
+    demo_eval *d = u;
+    int k = step == 0 ? 0 : step == d->steps ? 1 : -1;
+    if (k < 0 || n <= 0) return AP_OK;
+    count_stats *s = &d->s[k];
     memset(s, 0, sizeof *s);
-    *grid = NULL;
-    int prev = ap_set_grad_enabled(c, 0);
-    ap_txt2img_opts to;
-    ap_txt2img_defaults(&to);
-    to.steps = t->sample_steps;
-    to.cfg = t->cfg;
-    to.width = t->width;
-    to.height = t->height;
-    for (int p = 0; p < ep->n && ap_last_status(c) == AP_OK; p++)
-        for (int i = 0; i < k && ap_last_status(c) == AP_OK; i++) {
-            to.prompt = ep->text[p];
-            to.seed = (uint64_t)i;
-            ap_tensor *img = NULL, *logits = NULL, *ex = NULL;
-            if (ap_txt2img(c, m, &to, &img) != AP_OK) break;
-            logits = ap_counter_logits(c, counter, img);
-            ex = logits ? ap_counter_expected(c, counter, logits, NULL) : NULL;
-            if (ex) {
-                const float *lg = ap_tensor_cdata(logits);
-                int best = 0;
-                for (int j = 1; j < AP_COUNTER_CLASSES; j++)
-                    if (lg[j] > lg[best]) best = j;
-                s->hit_model += best == target;
-                double cnt = ((const float *)ap_tensor_cdata(ex))[0];
-                s->mean_count += cnt;
-                s->mean_loss += fabs(cnt - target);
-                s->hit_pixels += ap_shapes_analyze(ap_tensor_cdata(img), t->height, t->width, NULL) == target;
-                s->images++;
-            }
-            ap_tensor *cat = *grid ? ap_concat_batch(c, *grid, img) : ap_tensor_retain(img);
-            ap_tensor_release(*grid);
-            *grid = cat;
-            ap_tensor_release(img);
-            ap_tensor_release(logits);
-            ap_tensor_release(ex);
+    ap_tensor *x = ap_tensor_from_data(c, AP_F32, 4, (int64_t[]){n, d->height, d->width, 3}, images);
+    ap_tensor *logits = x ? ap_counter_logits(c, d->counter, x) : NULL;
+    ap_tensor *ex = logits ? ap_counter_expected(c, d->counter, logits, NULL) : NULL;
+    if (ex) {
+        const float *lg = ap_tensor_cdata(logits), *e = ap_tensor_cdata(ex);
+        const size_t per = (size_t)d->height * d->width * 3;
+        for (int i = 0; i < n; i++) {
+            int best = 0;
+            for (int j = 1; j < AP_COUNTER_CLASSES; j++)
+                if (lg[i * AP_COUNTER_CLASSES + j] > lg[i * AP_COUNTER_CLASSES + best]) best = j;
+            s->hit_model += best == d->target;
+            s->mean_count += e[i];
+            s->mean_loss += fabs(e[i] - d->target);
+            s->hit_pixels += ap_shapes_analyze(images + i * per, d->height, d->width, NULL) == d->target;
         }
-    ap_set_grad_enabled(c, prev);
-    if (s->images) s->mean_count /= s->images, s->mean_loss /= s->images;
+        s->images = n;
+        s->mean_count /= n;
+        s->mean_loss /= n;
+        const char *keys[] = {"alignprop", "prompts"};
+        const char *vals[] = {k ? "demo: after training" : "demo: before training", "builtin:shapes_eval"};
+        if (ap_png_write_grid(c, d->png[k], x, d->per_prompt, 2, keys, vals) == AP_OK) d->have[k] = true;
+    }
+    ap_tensor_release(x);
+    ap_tensor_release(logits);
+    ap_tensor_release(ex);
     return ap_last_status(c);
 }
 
@@ -193,13 +196,14 @@ static void on_train_progress(void *u, int step, int total, double r) {
 static int usage(void) {
     fprintf(stderr,
             "usage: alignprop demo [-o DIR] [--model PATH] [--steps N] [--target N] [--eval-per-prompt K]\n"
-            "                      [--sample-steps S] [--truncation SPEC] [--lr X] [--batch N] [--cfg X]\n"
+            "                      [--sample-steps S] [--truncation SPEC] [--lr X] [--batch N] [--cfg X] [--seed N]\n"
             "  AlignProp on the shipped shapes model: LoRA adapters trained with the count reward toward\n"
             "  --target shapes (3) for --steps steps (100), on count-free captions naming three groups;\n"
             "  the fraction of held-out images (K seeds per caption, 8) with the target count, before and\n"
             "  after. Output in DIR (runs/demo): before.png, after.png, run/report.html. DDIM steps S (10),\n"
             "  truncation (full), lr (2e-3, cosine decay), batch (4), CFG (3). --model overrides the shipped\n"
-            "  model (also AP_DEMO_MODEL). docs/demo.md.\n");
+            "  model (also AP_DEMO_MODEL). --seed: the training's seed (0); the held-out images' seeds are fixed.\n"
+            "  docs/demo.md.\n");
     return 2;
 }
 
@@ -208,6 +212,7 @@ int ap_cli_demo(int argc, char **argv) {
     /* defaults: docs/demo.md, "What the experiments showed" */
     const char *trunc = "full";
     long steps = 100, target = 3, per_prompt = 8, sample_steps = 10, batch = 4;
+    long seed = 0;
     double lr = 2e-3, cfg = 3.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -226,6 +231,7 @@ int ap_cli_demo(int argc, char **argv) {
         else if (!strcmp(a, "--batch")) { if (ap_cli_int("demo", a, v, 1, 256, &batch)) return 2; }
         else if (!strcmp(a, "--lr")) { if (ap_cli_num("demo", a, v, 0, 1, &lr)) return 2; }
         else if (!strcmp(a, "--cfg")) { if (ap_cli_num("demo", a, v, 0, 100, &cfg)) return 2; }
+        else if (!strcmp(a, "--seed")) { if (ap_cli_int("demo", a, v, 0, LONG_MAX, &seed)) return 2; }
         else if (!strcmp(a, "--truncation")) trunc = v;
         else {
             fprintf(stderr, "alignprop demo: unknown option %s\n", a);
@@ -292,25 +298,18 @@ int ap_cli_demo(int argc, char **argv) {
     t.loss_coeff = 1.0;
     t.weights_dtype = AP_F32;
     t.save_every = 0;
-    t.seed = 0;
+    t.seed = (uint64_t)seed;
     printf("training: reward count, loss |count - %ld|, %ld steps of %d images (DDIM %d steps, CFG %.1f, "
            "truncation %s, lr %g cosine), prompts builtin:shapes\n",
            target, steps, t.batch, t.sample_steps, t.cfg, trunc, t.lr);
 
-    ap_sd_model *m = NULL;
-    ap_counter *counter = NULL;
-    ap_prompts ep = {0};
-    ap_tensor *g_before = NULL, *g_after = NULL;
-    count_stats before, after;
+    demo_eval d = {.target = (int)target, .steps = (int)steps, .height = t.height, .width = t.width,
+                   .per_prompt = t.eval_per_prompt, .png = {before_png, after_png}};
     int rc = 1;
     double t0 = ap_now();
-    if (ap_sd_load(c, model, AP_F32, &m) != AP_OK || ap_counter_load_default(c, NULL, &counter) != AP_OK ||
-        ap_prompts_load(c, t.eval_prompts, &ep) != AP_OK)
-        goto done;
-    if (count_eval(c, m, counter, &ep, t.eval_per_prompt, &t, (int)target, &before, &g_before) != AP_OK) goto done;
-    const char *keys[] = {"alignprop", "prompts"}, *vb[] = {"demo: before training", "builtin:shapes_eval"},
-               *va[] = {"demo: after training", "builtin:shapes_eval"};
-    if (ap_png_write_grid(c, before_png, g_before, t.eval_per_prompt, 2, keys, vb) != AP_OK) goto done;
+    if (ap_counter_load_default(c, NULL, &d.counter) != AP_OK) goto done;
+    t.on_eval = on_eval;
+    t.on_eval_user = &d;
 
     ap_progress bar;
     ap_progress_begin(&bar, "AlignProp");
@@ -321,6 +320,7 @@ int ap_cli_demo(int argc, char **argv) {
     ap_cli_stop_begin(&stop);
     double t1 = ap_now();
     ap_status st = ap_train(c, &t);
+    double train_s = ap_now() - t1;
     ap_cli_stop_end(&stop);
     ap_progress_end(&bar);
     if (st != AP_OK) goto done;
@@ -329,32 +329,28 @@ int ap_cli_demo(int argc, char **argv) {
         rc = 128 + (int)ap_cli_stop_signal;
         goto done;
     }
-    double train_s = ap_now() - t1;
-    ap_lora_merge_info li;
-    if (ap_lora_merge_file(c, m, lora, 1.0f, &li) != AP_OK) goto done;
-    if (count_eval(c, m, counter, &ep, t.eval_per_prompt, &t, (int)target, &after, &g_after) != AP_OK) goto done;
-    if (ap_png_write_grid(c, after_png, g_after, t.eval_per_prompt, 2, keys, va) != AP_OK) goto done;
-
-    printf("\n%d held-out images (%d captions x %d seeds), target %ld shapes:\n", before.images, ep.n,
-           t.eval_per_prompt, target);
+    if (!d.have[0] || !d.have[1]) {
+        fprintf(stderr, "alignprop demo: the training ran no evaluation before and after (a bug)\n");
+        goto done;
+    }
+    const count_stats *before = &d.s[0], *after = &d.s[1];
+    printf("\n%d held-out images (%d captions x %d seeds), target %ld shapes:\n", before->images,
+           before->images / t.eval_per_prompt, t.eval_per_prompt, target);
     printf("                                   before    after\n");
-    printf("  mean count (reward model)        %6.2f   %6.2f\n", before.mean_count, after.mean_count);
-    printf("  exactly %ld shapes (reward model)  %5.1f%%   %5.1f%%\n", target, 100.0 * before.hit_model / before.images,
-           100.0 * after.hit_model / after.images);
+    printf("  mean count (reward model)        %6.2f   %6.2f\n", before->mean_count, after->mean_count);
+    printf("  exactly %ld shapes (reward model)  %5.1f%%   %5.1f%%\n", target,
+           100.0 * before->hit_model / before->images, 100.0 * after->hit_model / after->images);
     printf("  exactly %ld shapes (pixel count)   %5.1f%%   %5.1f%%\n", target,
-           100.0 * before.hit_pixels / before.images, 100.0 * after.hit_pixels / after.images);
-    printf("  loss mean |count - %ld|            %6.3f   %6.3f\n", target, before.mean_loss, after.mean_loss);
-    printf("\ntrained %ld steps in %.0f s (%.0f s in all)\n", steps, train_s, ap_now() - t0);
+           100.0 * before->hit_pixels / before->images, 100.0 * after->hit_pixels / after->images);
+    printf("  loss mean |count - %ld|            %6.3f   %6.3f\n", target, before->mean_loss, after->mean_loss);
+    printf("\ntrained %ld steps and evaluated before and after in %.0f s (%.0f s in all)\n", steps, train_s,
+           ap_now() - t0);
     printf("wrote %s and %s (a row per caption), and %s/report.html (curves, grids); adapters %s\n", before_png,
            after_png, run, lora);
     rc = 0;
 done:
     if (rc == 1) fprintf(stderr, "alignprop demo: %s\n", ap_last_error(c));
-    ap_tensor_release(g_before);
-    ap_tensor_release(g_after);
-    ap_prompts_free(&ep);
-    ap_counter_free(counter);
-    ap_sd_free(m);
+    ap_counter_free(d.counter);
     ap_ctx_free(c);
     return rc;
 }

@@ -30,7 +30,8 @@ typedef struct {
 
 void ap_txt2img_defaults(ap_txt2img_opts *o);
 
-/* Samples images [batch, H, W, 3] in [-1, 1] (NHWC f32). */
+/* Samples images [batch, H, W, 3] in [-1, 1] (NHWC f32; the VAE decoder's
+ * output, not clamped; the image writers clamp). */
 ap_status ap_txt2img(ap_ctx *c, ap_sd_model *m, const ap_txt2img_opts *o, ap_tensor **images);
 
 /* Token ids [n, 77] (i32) of n prompts, SD1.x rules. */

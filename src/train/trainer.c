@@ -320,6 +320,12 @@ static ap_status evaluate(ap_ctx *c, const ap_train_opts *o, ap_sd_model *m, ap_
             fprintf(elog, "}\n");
             fflush(elog);
         }
+        if (st == AP_OK && o->on_eval) {
+            prev = ap_set_grad_enabled(c, 0);
+            st = o->on_eval(o->on_eval_user, c, step, imgs, (int)total);
+            ap_set_grad_enabled(c, prev);
+            if (st != AP_OK && !ap_failed(c)) st = ap_seterr(c, st, "evaluation hook failed at step %d", step);
+        }
     }
     free(imgs);
     free(rew);

@@ -49,6 +49,14 @@ typedef struct {
     volatile sig_atomic_t *stop;
     void (*progress)(void *user, int step, int total, double reward_mean);
     void *progress_user;
+    /* Called at rank 0 after each evaluation (may be NULL) with its n images
+     * [n][height][width][3] (the decoder's output, nominally in [-1,1], as
+     * the reward sees it), prompt-major (image i: evaluation
+     * prompt i / eval_per_prompt, seed i % eval_per_prompt), the ones the
+     * grid shows. Gradients are off during the call. A status other than
+     * AP_OK (with the context's error set) ends the training with it. */
+    ap_status (*on_eval)(void *user, ap_ctx *c, int step, const float *images, int n);
+    void *on_eval_user;
 } ap_train_opts;
 
 void ap_train_defaults(ap_train_opts *o);
