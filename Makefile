@@ -34,7 +34,7 @@ bench: configure
 # AlignProp on the shipped shapes model (docs/demo.md); without the model the
 # tool says so and runs a random tiny model through the pipeline instead.
 demo: all
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-passive} $(BUILD)/alignprop demo
+	$(BUILD)/alignprop demo
 
 install: all
 	cmake --install $(BUILD) $(if $(PREFIX),--prefix $(PREFIX),)

@@ -11,6 +11,9 @@ contains() { # name, needle, haystack
 }
 
 check "version" "alignprop 0.1.0" "$($bin version)"
+# with no wait policy given, the tool chooses one and starts itself again (docs/core.md)
+check "version, wait policy chosen by the tool" "alignprop 0.1.0" \
+  "$(env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u AP_KEEP_WAIT_POLICY $bin version)"
 out=$($bin frobnicate 2>&1); rc=$?
 check "unknown command exits 2" 2 $rc
 contains "unknown command named" "frobnicate" "$out"
