@@ -197,12 +197,14 @@ static int usage(void) {
     fprintf(stderr,
             "usage: alignprop demo [-o DIR] [--model PATH] [--steps N] [--target N] [--eval-per-prompt K]\n"
             "                      [--sample-steps S] [--truncation SPEC] [--lr X] [--batch N] [--cfg X] [--seed N]\n"
+            "                      [--count-temperature T]\n"
             "  AlignProp on the shipped shapes model: LoRA adapters trained with the count reward toward\n"
-            "  --target shapes (3) for --steps steps (100), on count-free captions naming three groups;\n"
-            "  the fraction of held-out images (K seeds per caption, 8) with the target count, before and\n"
+            "  --target shapes (3) for --steps steps (120), on count-free captions naming three groups;\n"
+            "  the fraction of held-out images (K seeds per caption, 16) with the target count, before and\n"
             "  after. Output in DIR (runs/demo): before.png, after.png, run/report.html. DDIM steps S (10),\n"
             "  truncation (full), lr (2e-3, cosine decay), batch (4), CFG (3). --model overrides the shipped\n"
             "  model (also AP_DEMO_MODEL). --seed: the training's seed (0); the held-out images' seeds are fixed.\n"
+            "  --count-temperature: the count reward's gradient temperature (docs/rewards.md).\n"
             "  docs/demo.md.\n");
     return 2;
 }
@@ -211,8 +213,9 @@ int ap_cli_demo(int argc, char **argv) {
     const char *out = "runs/demo", *model = NULL;
     /* defaults: docs/demo.md, "What the experiments showed" */
     const char *trunc = "full";
-    long steps = 100, target = 3, per_prompt = 8, sample_steps = 10, batch = 4;
+    long steps = 120, target = 3, per_prompt = 16, sample_steps = 10, batch = 4;
     long seed = 0;
+    double temp = 0; /* the count reward's default */
     double lr = 2e-3, cfg = 3.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -232,6 +235,7 @@ int ap_cli_demo(int argc, char **argv) {
         else if (!strcmp(a, "--lr")) { if (ap_cli_num("demo", a, v, 0, 1, &lr)) return 2; }
         else if (!strcmp(a, "--cfg")) { if (ap_cli_num("demo", a, v, 0, 100, &cfg)) return 2; }
         else if (!strcmp(a, "--seed")) { if (ap_cli_int("demo", a, v, 0, LONG_MAX, &seed)) return 2; }
+        else if (!strcmp(a, "--count-temperature")) { if (ap_cli_num("demo", a, v, 1e-3, 1e3, &temp)) return 2; }
         else if (!strcmp(a, "--truncation")) trunc = v;
         else {
             fprintf(stderr, "alignprop demo: unknown option %s\n", a);
@@ -257,7 +261,9 @@ int ap_cli_demo(int argc, char **argv) {
         return 1;
     }
     printf("alignprop %s demo: AlignProp on the shipped shapes model\n", ap_version_string());
-    printf("model %s; %d threads, precision %s\n", model, ap_get_num_threads(c),
+    const char *wp = getenv("OMP_WAIT_POLICY"), *spin = getenv("GOMP_SPINCOUNT");
+    printf("model %s; %d threads (waiting: %s%s), precision %s\n", model, ap_get_num_threads(c),
+           wp ? wp : spin ? "spin " : "default", wp ? "" : spin ? spin : "",
            ap_get_precision(c) == AP_PREC_BF16 ? "bf16" : "f32");
     if (mkdir(out, 0755) != 0 && errno != EEXIST) {
         char parent[PATH_MAX];
@@ -299,6 +305,7 @@ int ap_cli_demo(int argc, char **argv) {
     t.weights_dtype = AP_F32;
     t.save_every = 0;
     t.seed = (uint64_t)seed;
+    t.count_temperature = (float)temp;
     printf("training: reward count, loss |count - %ld|, %ld steps of %d images (DDIM %d steps, CFG %.1f, "
            "truncation %s, lr %g cosine), prompts builtin:shapes\n",
            target, steps, t.batch, t.sample_steps, t.cfg, trunc, t.lr);
