@@ -159,31 +159,38 @@ static ap_status on_eval(void *u, ap_ctx *c, int step, const float *images, int 
     if (k < 0 || n <= 0) return AP_OK;
     count_stats *s = &d->s[k];
     memset(s, 0, sizeof *s);
-    ap_tensor *x = ap_tensor_from_data(c, AP_F32, 4, (int64_t[]){n, d->height, d->width, 3}, images);
-    ap_tensor *logits = x ? ap_counter_logits(c, d->counter, x) : NULL;
-    ap_tensor *ex = logits ? ap_counter_expected(c, d->counter, logits, NULL) : NULL;
-    if (ex) {
-        const float *lg = ap_tensor_cdata(logits), *e = ap_tensor_cdata(ex);
-        const size_t per = (size_t)d->height * d->width * 3;
-        for (int i = 0; i < n; i++) {
-            int best = 0;
-            for (int j = 1; j < AP_COUNTER_CLASSES; j++)
-                if (lg[i * AP_COUNTER_CLASSES + j] > lg[i * AP_COUNTER_CLASSES + best]) best = j;
-            s->hit_model += best == d->target;
-            s->mean_count += e[i];
-            s->mean_loss += fabs(e[i] - d->target);
-            s->hit_pixels += ap_shapes_analyze(images + i * per, d->height, d->width, NULL) == d->target;
+    const int64_t per = (int64_t)d->height * d->width * 3;
+    enum { CHUNK = 64 }; /* images per pass of the counting model */
+    for (int i0 = 0; i0 < n && ap_last_status(c) == AP_OK; i0 += CHUNK) {
+        int m = n - i0 < CHUNK ? n - i0 : CHUNK;
+        ap_tensor *x = ap_tensor_from_data(c, AP_F32, 4, (int64_t[]){m, d->height, d->width, 3}, images + i0 * per);
+        ap_tensor *logits = x ? ap_counter_logits(c, d->counter, x) : NULL;
+        ap_tensor *ex = logits ? ap_counter_expected(c, d->counter, logits, NULL) : NULL;
+        if (ex) {
+            const float *lg = ap_tensor_cdata(logits), *e = ap_tensor_cdata(ex);
+            for (int i = 0; i < m; i++) {
+                int best = 0;
+                for (int j = 1; j < AP_COUNTER_CLASSES; j++)
+                    if (lg[i * AP_COUNTER_CLASSES + j] > lg[i * AP_COUNTER_CLASSES + best]) best = j;
+                s->hit_model += best == d->target;
+                s->mean_count += e[i];
+                s->mean_loss += fabs(e[i] - d->target);
+                s->hit_pixels += ap_shapes_analyze(images + (i0 + i) * per, d->height, d->width, NULL) == d->target;
+                s->images++;
+            }
         }
-        s->images = n;
-        s->mean_count /= n;
-        s->mean_loss /= n;
-        const char *keys[] = {"alignprop", "prompts"};
-        const char *vals[] = {k ? "demo: after training" : "demo: before training", "builtin:shapes_eval"};
-        if (ap_png_write_grid(c, d->png[k], x, d->per_prompt, 2, keys, vals) == AP_OK) d->have[k] = true;
+        ap_tensor_release(x);
+        ap_tensor_release(logits);
+        ap_tensor_release(ex);
     }
-    ap_tensor_release(x);
-    ap_tensor_release(logits);
-    ap_tensor_release(ex);
+    if (ap_last_status(c) != AP_OK) return ap_last_status(c);
+    s->mean_count /= n;
+    s->mean_loss /= n;
+    const char *keys[] = {"alignprop", "prompts"};
+    const char *vals[] = {k ? "demo: after training" : "demo: before training", "builtin:shapes_eval"};
+    ap_tensor *all = ap_tensor_from_data(c, AP_F32, 4, (int64_t[]){n, d->height, d->width, 3}, images);
+    if (all && ap_png_write_grid(c, d->png[k], all, d->per_prompt, 2, keys, vals) == AP_OK) d->have[k] = true;
+    ap_tensor_release(all);
     return ap_last_status(c);
 }
 
