@@ -217,6 +217,14 @@ check "demo on the shipped model exits 0" 0 $rc
 contains "demo finds the shipped model" "assets/shapes64" "$out"
 contains "demo on the shipped model prints its table" "exactly 3 shapes (reward model)" "$out"
 [ -s "$tmp/demo4/after.png" ] || { echo "FAIL demo on the shipped model wrote no after.png"; fail=1; }
+# with no wait policy given, the tool picks one of its two and the run says which (docs/core.md)
+out=$(env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u AP_KEEP_WAIT_POLICY \
+  $bin demo --model "$tmp/m" --steps 1 --eval-per-prompt 1 --sample-steps 2 -o "$tmp/demo5" 2>&1); rc=$?
+check "demo with the tool's wait policy exits 0" 0 $rc
+case "$out" in
+  *"(waiting: spin 3000)"*|*"(waiting: passive)"*) echo "ok the tool chose a wait policy";;
+  *) echo "FAIL the tool chose no wait policy: $(echo "$out" | grep waiting)"; fail=1;;
+esac
 out=$($bin demo --model "$tmp/nothing" --steps 2 2>&1); rc=$?
 check "demo with a missing model exits 1" 1 $rc
 contains "demo names the missing model" "$tmp/nothing" "$out"

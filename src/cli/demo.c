@@ -13,12 +13,10 @@
  * without one (a random tiny model through init, save, load and sampling), and
  * says so. */
 #include "io/image.h"
-#include "models/lora_file.h"
 #include "models/sd.h"
 #include "pipeline/txt2img.h"
 #include "progress.h"
 #include "rewards/counter.h"
-#include "train/prompts.h"
 #include "train/shapes.h"
 #include "train/trainer.h"
 
